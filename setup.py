@@ -8,6 +8,7 @@ Two kinds of extension are built by ``pip install --no-build-isolation .``:
   installed torch was built with CUDA and nvcc can be found.
 
 Environment knobs:
+  FASTRADER_BUILD=all|cython|torch   which extensions to build (dev speed-up)
   FASTRADER_NATIVE=0    build without -march=native (portable binaries)
   FASTRADER_CUDA=0|1    force the CUDA kernels off / on
   TORCH_CUDA_ARCH_LIST  as usual for torch extensions (default here: 9.0)
@@ -97,6 +98,7 @@ def torch_extensions():
     return [ext], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)}
 
 
-_cy = cython_extensions()
-_te, _cmdclass = torch_extensions()
+_which = os.environ.get("FASTRADER_BUILD", "all")
+_cy = cython_extensions() if _which in ("all", "cython") else []
+_te, _cmdclass = torch_extensions() if _which in ("all", "torch") else ([], {})
 setup(ext_modules=_cy + _te, cmdclass=_cmdclass)
