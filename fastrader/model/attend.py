@@ -1,0 +1,96 @@
+"""Attention backends for the model, all with the same causal sparse semantics.
+
+Query i sees key j iff j <= i and either (i - j) < window * dilation with
+(i - j) % dilation == 0, or j < sinks. The backends differ only in speed:
+
+* ``fastrader``: our C++/CUDA extension (``fastrader.attention``); the default.
+* ``sdpa``: PyTorch's ``scaled_dot_product_attention`` over query chunks with an
+  explicit boolean mask; a fallback when the extension is not built, and the
+  peer the benchmarks compare against.
+* ``flash``: ``flash_attn_func`` with a causal sliding window; CUDA, half
+  precision, dilation 1 and no sinks only (flash-attn has neither).
+* ``auto``: ``fastrader`` if the extension is importable, else ``sdpa``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+BACKENDS = ("auto", "fastrader", "sdpa", "flash")
+
+
+def _fastrader_available() -> bool:
+    try:
+        from ..attention import sparse_attention  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def resolve_backend(name: str) -> str:
+    """Turn ``auto`` into a concrete backend and check that it can run here."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "fastrader" if _fastrader_available() else "sdpa"
+    if name == "fastrader" and not _fastrader_available():
+        raise ConfigError("attention backend 'fastrader' needs the compiled extension; reinstall with `make install`")
+    if name == "flash":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("attention backend 'flash' needs flash-attn: pip install 'fastrader[flash]'") from exc
+    return name
+
+
+def band_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, dilation: int, sinks: int) -> torch.Tensor:
+    """Boolean (len(q_pos), len(k_pos)) mask of allowed (query, key) pairs."""
+    d = q_pos[:, None] - k_pos[None, :]
+    local = (d >= 0) & (d < window * dilation) & (d % dilation == 0)
+    sink = (k_pos[None, :] < sinks) & (d >= 0)
+    return local | sink
+
+
+def _sdpa_chunked(q, k, v, window, dilation, sinks, chunk=1024):
+    """Masked SDPA over query chunks so memory stays O(chunk * span)."""
+    n = q.shape[-2]
+    span = window * dilation
+    outs = []
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        ks = max(0, s - span + 1)
+        q_pos = torch.arange(s, e, device=q.device)
+        k_idx = torch.arange(ks, e, device=q.device)
+        if sinks > 0 and ks > 0:
+            k_idx = torch.cat([torch.arange(0, min(sinks, ks), device=q.device), k_idx])
+        mask = band_mask(q_pos, k_idx, window, dilation, sinks)
+        outs.append(
+            F.scaled_dot_product_attention(
+                q[..., s:e, :], k[..., k_idx, :], v[..., k_idx, :], attn_mask=mask
+            )
+        )
+    return torch.cat(outs, dim=-2)
+
+
+def attend(q, k, v, *, window: int, dilation: int = 1, sinks: int = 0, backend: str = "fastrader"):
+    """Causal sparse attention of (B, H, N, D) tensors with the chosen backend."""
+    if backend == "fastrader":
+        from ..attention import sparse_attention
+
+        return sparse_attention(q, k, v, window=window, dilation=dilation, sinks=sinks)
+    if backend == "sdpa":
+        return _sdpa_chunked(q, k, v, window, dilation, sinks)
+    if backend == "flash":
+        if dilation != 1 or sinks != 0:
+            raise ConfigError("attention backend 'flash' supports neither dilation nor sink tokens")
+        from flash_attn import flash_attn_func
+
+        # flash-attn wants (B, N, H, D) and counts the window's left edge inclusively.
+        out = flash_attn_func(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, window_size=(window - 1, 0)
+        )
+        return out.transpose(1, 2)
+    raise ConfigError(f"unknown attention backend {backend!r}")
