@@ -48,21 +48,28 @@ class EquityRecorder(bt.Analyzer):
 
 
 class TradeLog(bt.Analyzer):
-    """One row per closed trade."""
+    """One row per closed trade (a trade runs from flat to flat)."""
 
     def start(self):
         self.rows: list[dict] = []
+        self._opened: dict[int, float] = {}
 
     def notify_trade(self, trade):
+        if trade.justopened:
+            self._opened[trade.ref] = trade.size
         if not trade.isclosed:
             return
+        size = abs(self._opened.pop(trade.ref, float("nan")))
+        sign = 1.0 if trade.long else -1.0
         self.rows.append(
             {
                 "open_dt": trade.dtopen,
                 "close_dt": trade.dtclose,
-                "direction": "long" if trade.history_size_first > 0 else "short",
-                "size": abs(trade.history_size_first),
+                "direction": "long" if trade.long else "short",
+                "size": size,
                 "entry_price": trade.price,
+                # pnl = sign * size * (exit - entry), before commission
+                "exit_price": trade.price + sign * trade.pnl / size if size else float("nan"),
                 "bars_held": trade.barlen,
                 "pnl": trade.pnl,
                 "pnl_net": trade.pnlcomm,
@@ -125,7 +132,7 @@ def run_backtest(
 
     trades = pd.DataFrame(
         strat.analyzers.trades.get_analysis(),
-        columns=["open_dt", "close_dt", "direction", "size", "entry_price", "bars_held", "pnl", "pnl_net", "commission"],
+        columns=["open_dt", "close_dt", "direction", "size", "entry_price", "exit_price", "bars_held", "pnl", "pnl_net", "commission"],
     )
     if len(trades):
         trades.insert(0, "open_time", bt_num_to_ms(trades.pop("open_dt").to_numpy()))
