@@ -1,0 +1,445 @@
+"""A local fake of Binance's public spot REST API, with faults on request.
+
+No exchange is reachable from CI, so tests point the real ccxt client at this
+server (through the API URL override) instead of mocking ccxt. It serves
+``GET /api/v3/exchangeInfo``, ``/api/v3/klines``, ``/api/v3/time`` and
+``/api/v3/ping`` with Binance's JSON shapes and rules: klines filtered by
+``startTime``/``endTime`` (both inclusive, on the open time), ``limit`` default
+500 and at most 1000, prices as 8-decimal strings, Binance error bodies
+(``{"code": -1121, "msg": "Invalid symbol."}``) for bad input.
+
+Faults are injected per klines request, either queued explicitly
+(:meth:`ExchangeServer.inject`) or drawn at random with ``fault_rate``:
+
+* ``"429"``: HTTP 429 with ``Retry-After`` and Binance's -1003 body
+* ``"5xx"``: HTTP 500/502/503/504 with a load-balancer style HTML body
+* ``"timeout"``: the answer is held back longer than the client waits
+* ``"disconnect"``: headers and half the body are sent, then the socket closes
+* ``"overlap"``: the page starts a few candles before ``startTime`` (duplicates
+  across pages, as some exchanges do)
+* permanent ones, never drawn at random: ``"bad_symbol"`` (400, -1121),
+  ``"bad_interval"`` (400, -1120), ``"auth"`` (401, -2015)
+
+It listens on 127.0.0.1 only. Every wait is bounded and ends at shutdown.
+
+Run it by hand for demos::
+
+    python -m fastrader.testing.exchange_server --csv candles.csv --symbol BTC/USDT --port 8765
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import threading
+import time
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pandas as pd
+
+TRANSIENT_FAULTS = ("429", "5xx", "timeout", "disconnect")
+PERMANENT_FAULTS = ("bad_symbol", "bad_interval", "auth")
+ALL_FAULTS = TRANSIENT_FAULTS + ("overlap",) + PERMANENT_FAULTS
+
+BINANCE_INTERVALS_MS = {
+    "1s": 1_000,
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+    "2h": 7_200_000,
+    "4h": 14_400_000,
+    "6h": 21_600_000,
+    "8h": 28_800_000,
+    "12h": 43_200_000,
+    "1d": 86_400_000,
+    "3d": 259_200_000,
+    "1w": 604_800_000,
+}
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 500
+
+
+def _market_id(symbol: str) -> tuple[str, str, str]:
+    """'BTC/USDT' -> ('BTCUSDT', 'BTC', 'USDT')."""
+    base, quote = symbol.split("/")
+    return base + quote, base, quote
+
+
+def _symbol_info(market_id: str, base: str, quote: str) -> dict:
+    # The fields ccxt's binance.parse_market reads, in Binance's own shape.
+    return {
+        "symbol": market_id,
+        "status": "TRADING",
+        "baseAsset": base,
+        "baseAssetPrecision": 8,
+        "quoteAsset": quote,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "baseCommissionPrecision": 8,
+        "quoteCommissionPrecision": 8,
+        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+        "icebergAllowed": True,
+        "ocoAllowed": True,
+        "otoAllowed": True,
+        "quoteOrderQtyMarketAllowed": True,
+        "allowTrailingStop": True,
+        "cancelReplaceAllowed": True,
+        "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False,
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000", "tickSize": "0.01000000"},
+            {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000", "stepSize": "0.00001000"},
+            {"filterType": "NOTIONAL", "minNotional": "5.00000000", "applyMinToMarket": True, "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
+            {"filterType": "MAX_NUM_ORDERS", "maxNumOrders": 200},
+        ],
+        "permissions": [],
+        "permissionSets": [["SPOT"]],
+        "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+        "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+    }
+
+
+class _Series:
+    """One symbol/interval of candles, held as arrays for fast slicing."""
+
+    def __init__(self, frame: pd.DataFrame, interval_ms: int):
+        frame = frame.sort_values("timestamp").drop_duplicates("timestamp")
+        self.ts = frame["timestamp"].to_numpy(dtype=np.int64)
+        # Binance quotes 8 decimals; round once so what we serve is exactly
+        # what ``candles()`` reports as the reference.
+        self.values = np.round(frame[["open", "high", "low", "close", "volume"]].to_numpy(dtype=np.float64), 8)
+        self.interval_ms = interval_ms
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request, client_address):
+        # Clients that gave up (timeouts) or sockets we cut on purpose are
+        # expected here; anything else is still reported.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class ExchangeServer:
+    """A threaded HTTP server on 127.0.0.1 speaking Binance's spot kline API.
+
+    ``candles`` maps a unified symbol ('BTC/USDT') to a frame in the ccxt
+    layout, or is a single frame served as ``symbol``; it is served at
+    ``interval``. ``now_ms`` is the server's clock (default: the real clock);
+    candles opening after it do not exist yet, and with ``open_candle`` the
+    candle containing ``now_ms`` is served while still open (its close moves
+    on every request). ``fault_rate`` draws one of ``fault_kinds`` for that
+    share of klines requests, reproducibly from ``seed``.
+    """
+
+    def __init__(
+        self,
+        candles: pd.DataFrame | dict[str, pd.DataFrame],
+        *,
+        symbol: str = "BTC/USDT",
+        interval: str = "1h",
+        extra_symbols: tuple[str, ...] = ("ETH/USDT",),
+        now_ms: int | None = None,
+        open_candle: bool = False,
+        fault_rate: float = 0.0,
+        fault_kinds: tuple[str, ...] = TRANSIENT_FAULTS,
+        seed: int = 0,
+        retry_after_s: int = 1,
+        timeout_delay_s: float = 2.0,
+        page_delay_s: float = 0.0,
+        overlap: int = 3,
+        max_requests: int = 20_000,
+        port: int = 0,
+    ):
+        if interval not in BINANCE_INTERVALS_MS:
+            raise ValueError(f"unsupported interval {interval}")
+        frames = candles if isinstance(candles, dict) else {symbol: candles}
+        self.interval = interval
+        self.series = {_market_id(s)[0]: _Series(f, BINANCE_INTERVALS_MS[interval]) for s, f in frames.items()}
+        self.markets = [_market_id(s) for s in list(frames) + [s for s in extra_symbols if s not in frames]]
+        self.now_ms = now_ms
+        self.open_candle = open_candle
+        self.fault_rate = fault_rate
+        self.fault_kinds = tuple(fault_kinds)
+        for kind in self.fault_kinds:
+            if kind not in ALL_FAULTS:
+                raise ValueError(f"unknown fault kind {kind}")
+        self.retry_after_s = retry_after_s
+        self.timeout_delay_s = timeout_delay_s
+        self.page_delay_s = page_delay_s
+        self.overlap = overlap
+        self.max_requests = max_requests
+        self._rng = random.Random(seed)
+        self._queued: collections.deque[str] = collections.deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.requests: list[tuple[str, dict]] = []  # (path, query) of every request
+        self.faults: list[str] = []  # fault kinds injected, in order
+        self._httpd = _QuietHTTPServer(("127.0.0.1", port), self._handler_class())
+        self._thread: threading.Thread | None = None
+
+    # -- public helpers --------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def candles(self, symbol: str = "BTC/USDT") -> pd.DataFrame:
+        """The closed candles this server holds for ``symbol``, as served (8 decimals)."""
+        s = self.series[_market_id(symbol)[0]]
+        now = self._now()
+        keep = s.ts + s.interval_ms <= now
+        frame = pd.DataFrame(s.values[keep], columns=["open", "high", "low", "close", "volume"])
+        frame.insert(0, "timestamp", s.ts[keep])
+        return frame
+
+    def inject(self, kind: str, count: int = 1) -> None:
+        """Queue ``kind`` for the next ``count`` klines requests."""
+        if kind not in ALL_FAULTS:
+            raise ValueError(f"unknown fault kind {kind}")
+        with self._lock:
+            self._queued.extend([kind] * count)
+
+    @property
+    def kline_requests(self) -> int:
+        return sum(1 for path, _ in self.requests if path.endswith("/klines"))
+
+    def start(self) -> "ExchangeServer":
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "ExchangeServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- request handling ------------------------------------------------------
+
+    def _now(self) -> int:
+        return self.now_ms if self.now_ms is not None else int(time.time() * 1000)
+
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            if self._queued:
+                return self._queued.popleft()
+            if self.fault_rate > 0 and self._rng.random() < self.fault_rate:
+                return self._rng.choice(self.fault_kinds)
+        return None
+
+    def _handler_class(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_GET(self):
+                parsed = urlparse(self.path)
+                query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+                with server._lock:
+                    server.requests.append((parsed.path, query))
+                    overflow = len(server.requests) > server.max_requests
+                if overflow:
+                    # A client stuck in a loop must fail the test, not hang it.
+                    return self._json(503, {"code": -1008, "msg": "test server request budget exhausted"})
+                routes = {
+                    "/api/v3/ping": lambda q: self._json(200, {}),
+                    "/api/v3/time": lambda q: self._json(200, {"serverTime": server._now()}),
+                    "/api/v3/exchangeInfo": self._exchange_info,
+                    "/api/v3/klines": self._klines,
+                }
+                route = routes.get(parsed.path)
+                if route is None:
+                    return self._raw(404, b"<html><body><h1>404 Not Found</h1></body></html>", "text/html")
+                route(query)
+
+            # -- responses ---------------------------------------------------
+
+            def _raw(self, status, body: bytes, ctype="application/json;charset=UTF-8", headers=None, cut=False):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if cut:
+                    # Promise the full length, send half, then drop the socket.
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(2)
+                    except OSError:
+                        pass
+                    return
+                self.wfile.write(body)
+
+            def _json(self, status, payload, headers=None, cut=False):
+                self._raw(status, json.dumps(payload, separators=(",", ":")).encode(), headers=headers, cut=cut)
+
+            def _error(self, status, code, msg):
+                self._json(status, {"code": code, "msg": msg})
+
+            def _exchange_info(self, query):
+                symbols = [_symbol_info(*m) for m in server.markets]
+                if "symbol" in query:
+                    symbols = [s for s in symbols if s["symbol"] == query["symbol"]]
+                    if not symbols:
+                        return self._error(400, -1121, "Invalid symbol.")
+                self._json(
+                    200,
+                    {
+                        "timezone": "UTC",
+                        "serverTime": server._now(),
+                        "rateLimits": [
+                            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+                            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
+                        ],
+                        "exchangeFilters": [],
+                        "symbols": symbols,
+                    },
+                )
+
+            def _klines(self, query):
+                fault = server._next_fault()
+                if fault is not None:
+                    with server._lock:
+                        server.faults.append(fault)
+                if fault == "429":
+                    return self._json(
+                        429,
+                        {"code": -1003, "msg": "Too many requests; current limit of IP is 6000 requests per minute."},
+                        headers={"Retry-After": str(server.retry_after_s)},
+                    )
+                if fault == "5xx":
+                    status = server._rng.choice([500, 502, 503, 504])
+                    body = f"<html><body><h1>{status} Server Error</h1></body></html>".encode()
+                    return self._raw(status, body, "text/html")
+                if fault == "timeout":
+                    # Hold the answer past the client's timeout; bounded, and
+                    # released at shutdown.
+                    server._stop.wait(server.timeout_delay_s)
+                    self.close_connection = True
+                    return None
+                if fault == "bad_symbol":
+                    return self._error(400, -1121, "Invalid symbol.")
+                if fault == "bad_interval":
+                    return self._error(400, -1120, "Invalid interval.")
+                if fault == "auth":
+                    return self._error(401, -2015, "Invalid API-key, IP, or permissions for action.")
+
+                series = server.series.get(query.get("symbol", ""))
+                if "symbol" not in query:
+                    return self._error(400, -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+                if series is None:
+                    return self._error(400, -1121, "Invalid symbol.")
+                interval = query.get("interval")
+                if interval is None:
+                    return self._error(400, -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.")
+                if interval not in BINANCE_INTERVALS_MS:
+                    return self._error(400, -1120, "Invalid interval.")
+                try:
+                    limit = int(query.get("limit", DEFAULT_LIMIT))
+                    start = int(query["startTime"]) if "startTime" in query else None
+                    end = int(query["endTime"]) if "endTime" in query else None
+                except ValueError:
+                    return self._error(400, -1100, "Illegal characters found in a parameter.")
+                if not 1 <= limit <= MAX_LIMIT:
+                    return self._error(400, -1130, "Invalid data sent for a parameter.")
+                if interval != server.interval:
+                    return self._json(200, [])  # a real interval we hold no data for
+                if server.page_delay_s:
+                    server._stop.wait(server.page_delay_s)
+
+                now = server._now()
+                step = series.interval_ms
+                # Candles that exist: opened at or before now (the last one may be open).
+                n_exist = int(np.searchsorted(series.ts, now, side="right"))
+                ts, values = series.ts[:n_exist], series.values[:n_exist]
+                lo = 0 if start is None else int(np.searchsorted(ts, start, side="left"))
+                hi = n_exist if end is None else int(np.searchsorted(ts, end, side="right"))
+                if fault == "overlap" and start is not None:
+                    lo = max(0, lo - server.overlap)
+                if start is None:
+                    lo = max(lo, hi - limit)
+                hi = min(hi, lo + limit)
+                rows = []
+                for i in range(lo, hi):
+                    o, h, low, c, v = values[i]
+                    is_open = ts[i] + step > now
+                    if is_open and not server.open_candle:
+                        continue
+                    if is_open:
+                        # Still trading: the close moves with every request.
+                        c = round(c * (1 + server._rng.uniform(-0.01, 0.01)), 8)
+                        h, low = max(h, c), min(low, c)
+                    rows.append(
+                        [
+                            int(ts[i]),
+                            f"{o:.8f}",
+                            f"{h:.8f}",
+                            f"{low:.8f}",
+                            f"{c:.8f}",
+                            f"{v:.8f}",
+                            int(ts[i] + step - 1),
+                            f"{v * c:.8f}",
+                            1 + int(v * 7) % 5000,
+                            f"{v / 2:.8f}",
+                            f"{v * c / 2:.8f}",
+                            "0",
+                        ]
+                    )
+                self._json(200, rows, cut=(fault == "disconnect"))
+
+        return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastrader.data.files import load_candles
+
+    parser = argparse.ArgumentParser(description="Serve a candle file through a fake Binance REST API on 127.0.0.1.")
+    parser.add_argument("--csv", required=True, help="candles in the ccxt layout (CSV or Parquet)")
+    parser.add_argument("--symbol", default="BTC/USDT")
+    parser.add_argument("--interval", default="1h")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    server = ExchangeServer(
+        load_candles(args.csv), symbol=args.symbol, interval=args.interval, fault_rate=args.fault_rate, port=args.port
+    )
+    print(f"serving {args.symbol} {args.interval} at {server.url}", flush=True)
+    server.start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
