@@ -182,11 +182,15 @@ def run(cfg: RunConfig) -> RunOutcome:
     bar.update()
 
     step(3)
+    from .strategy import ModelStrategy
+
     params = {}
     if cfg.threshold is not None:
         params["threshold"] = cfg.threshold
+    if issubclass(strategy_cls, ModelStrategy):
+        params["model"] = sm  # used when the strategy streams (``--stream`` or params.stream)
     if cfg.stream:
-        params.update(stream=True, model=sm)
+        params["stream"] = True
     traded = df.iloc[start:].reset_index(drop=True).copy()
     traded["signal"] = signal[start:]
     try:

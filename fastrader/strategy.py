@@ -76,6 +76,10 @@ class ModelStrategy(bt.Strategy):
         return 0.0
 
     # ---- Backtrader plumbing ----------------------------------------------------------
+    def prenext(self):
+        # Indicators of a subclass are still warming up: stay flat, but keep the record.
+        self.records.append((self.data.datetime[0], float(self.signal[0]), 0.0))
+
     def next(self):
         sig = float(self.signal[0])
         tgt = 0.0 if math.isnan(sig) else float(np.clip(self.target(sig), -1.0, 1.0))
