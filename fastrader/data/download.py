@@ -27,9 +27,6 @@ from fastrader.data.exchange import RequestStats, RetryPolicy, call_with_retry
 from fastrader.data.timeframes import format_ms, now_ms as _now_ms
 from fastrader.errors import ExchangeError
 
-# Exchanges that skip forward over missing candles and honour an end time, so
-# a page shorter than the limit means nothing more exists up to that end.
-_SHORT_PAGE_IS_END = {"binance", "binanceus", "binanceusdm", "binancecoinm"}
 _DEFAULT_PAGE_LIMIT = 500
 
 PageCallback = Callable[[pd.DataFrame, int], None]
@@ -125,7 +122,6 @@ def download_candles(
     # Asking for an end time only when it is in the past lets a server that
     # sends the still-open candle do so; we drop it below either way.
     params = {"until": end - 1} if until <= now - tf + 1 else {}
-    short_page_is_end = exchange.id in _SHORT_PAGE_IS_END and bool(params)
 
     pages: list[np.ndarray] = []
     cursor = since
@@ -156,7 +152,10 @@ def download_candles(
             pages.append(page)
             cursor = int(page[-1, 0]) + tf
             covered_end = cursor
-        if raw_max >= end or (short_page_is_end and len(raw_page) < limit):
+        # Candles are at least one timeframe apart, so once one opens within a
+        # timeframe of the end, no later one can be in range. (A short page is
+        # not proof: ccxt drops overlapping rows before we see the page.)
+        if raw_max + tf >= end:
             covered_end = end
         elif len(page) == 0:
             # Only candles before the cursor came back: the exchange is not

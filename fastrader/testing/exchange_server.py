@@ -182,7 +182,7 @@ class ExchangeServer:
         self.overlap = overlap
         self.max_requests = max_requests
         self._rng = random.Random(seed)
-        self._queued: collections.deque[str] = collections.deque()
+        self._queued: collections.deque[str | None] = collections.deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.requests: list[tuple[str, dict]] = []  # (path, query) of every request
@@ -206,12 +206,12 @@ class ExchangeServer:
         frame.insert(0, "timestamp", s.ts[keep])
         return frame
 
-    def inject(self, kind: str, count: int = 1) -> None:
-        """Queue ``kind`` for the next ``count`` klines requests."""
+    def inject(self, kind: str, count: int = 1, after: int = 0) -> None:
+        """Queue ``kind`` for ``count`` klines requests, once ``after`` more have been answered normally."""
         if kind not in ALL_FAULTS:
             raise ValueError(f"unknown fault kind {kind}")
         with self._lock:
-            self._queued.extend([kind] * count)
+            self._queued.extend([None] * after + [kind] * count)
 
     @property
     def kline_requests(self) -> int:
@@ -243,7 +243,7 @@ class ExchangeServer:
     def _next_fault(self) -> str | None:
         with self._lock:
             if self._queued:
-                return self._queued.popleft()
+                return self._queued.popleft()  # None: a planned normal answer
             if self.fault_rate > 0 and self._rng.random() < self.fault_rate:
                 return self._rng.choice(self.fault_kinds)
         return None
