@@ -1,0 +1,597 @@
+// CPU kernels of fastrader::sparse_attn_fwd / sparse_attn_bwd.
+//
+// FlashAttention-style: queries in blocks of kBQ rows (one residue class of
+// the dilation at a time), keys in chunks of kBK gathered into transposed /
+// padded scratch tiles, scores from a register-blocked micro-GEMM restricted
+// to the band each group of rows actually needs, online softmax in the
+// forward, recomputation from the row log-sum-exp in the backward. Memory is
+// O(seq * head_dim): nothing of size seq^2 or seq*window is ever allocated.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "cpu/attention_plan.h"
+#include "cpu/simd.h"
+#include "cpu/tiles.h"
+
+namespace fastrader {
+namespace cpu {
+namespace {
+
+template <typename T>
+constexpr T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
+
+// Runs body(task, scratch) for every task over ATen's threads, handing tasks
+// out one at a time from a shared counter: block costs differ (sequence
+// starts, dense windows, odd residue classes), so static splits would idle.
+template <typename Scratch, typename Make, typename Body>
+void run_tasks(int64_t ntasks, Make make, Body body) {
+  if (ntasks <= 0) return;
+  const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nth, 1, [&](int64_t, int64_t) {
+    Scratch sc = make();
+    for (int64_t t; (t = next.fetch_add(1)) < ntasks;) body(t, sc);
+  });
+}
+
+// dst[d*ld + c] = src[pos[c]*D + d]: keys transposed for the score GEMM.
+template <typename T>
+void gather_cols(const T* src, const int64_t* pos, int len, int64_t D, int64_t Dp, T* dst, long ld) {
+  for (int c = 0; c < len; ++c) {
+    const T* s = src + pos[c] * D;
+    for (int64_t d = 0; d < D; ++d) dst[d * ld + c] = s[d];
+  }
+  // Columns past len are read by the vector tail; keep them finite (0) so a
+  // masked 0 * garbage can never turn into NaN.
+  const long pad = round_up(len, Simd<T>::N);
+  for (int64_t d = 0; d < Dp; ++d)
+    for (long c = len; c < pad; ++c) dst[d * ld + c] = 0;
+}
+
+// dst[c*Dp + d] = src[pos[c]*D + d]: keys row-major, head dim zero-padded.
+template <typename T>
+void gather_rows(const T* src, const int64_t* pos, int len, int64_t D, int64_t Dp, T* dst) {
+  for (int c = 0; c < len; ++c) std::copy(src + pos[c] * D, src + pos[c] * D + D, dst + c * Dp);
+  const long pad = round_up(len, Simd<T>::N);
+  for (long c = len; c < pad; ++c) std::fill(dst + c * Dp, dst + (c + 1) * Dp, T(0));
+}
+
+// Online-softmax update of one query row with the scores s[a_lo, a_hi)
+// (masked entries hold -inf); leaves the probabilities in s.
+template <typename T>
+FR_INLINE void softmax_row(T* s, long a_lo, long a_hi, T& m, T& l, T* o, long Dp) {
+  using V = vec_t<T>;
+  constexpr int VN = Simd<T>::N;
+  V mx = vsplat<T>(neg_inf<T>());
+  for (long c = a_lo; c < a_hi; c += VN) mx = vmax<T>(mx, vload(s + c));
+  const T rmax = hmax<T>(mx);
+  if (rmax == neg_inf<T>()) {  // every key of this chunk is masked for the row
+    std::fill(s + a_lo, s + a_hi, T(0));
+    return;
+  }
+  const T m_new = rmax > m ? rmax : m;
+  if (m_new != m) {
+    const T alpha = std::exp(m - m_new);  // 0 on the first chunk (m = -inf)
+    l *= alpha;
+    const V av = vsplat<T>(alpha);
+    for (long d = 0; d < Dp; d += VN) vstore(o + d, vload(o + d) * av);
+  }
+  const V mv = vsplat<T>(m_new);
+  V sum = V{};
+  for (long c = a_lo; c < a_hi; c += VN) {
+    const V p = vexp(vload(s + c) - mv);
+    vstore(s + c, p);
+    sum += p;
+  }
+  l += hsum<T>(sum);
+  m = m_new;
+}
+
+// Sets the columns of [a_lo, a_hi) that the query may not see to -inf.
+template <typename T>
+FR_INLINE void mask_row(const Geometry& g, const Chunk& ch, int64_t i, int lo, int hi, long a_lo,
+                        long a_hi, T* s) {
+  if (lo >= hi) {
+    std::fill(s + a_lo, s + a_hi, neg_inf<T>());
+    return;
+  }
+  std::fill(s + a_lo, s + lo, neg_inf<T>());
+  std::fill(s + hi, s + a_hi, neg_inf<T>());
+  if (ch.sink) sink_exclude(g, ch, i, hi, [&](int c) { s[c] = neg_inf<T>(); });
+}
+
+// ----------------------------------------------------------------- forward
+
+template <typename T>
+struct FwdScratch {
+  std::vector<T> q, o, m, l, s, kt, v;
+  explicit FwdScratch(int64_t Dp)
+      : q(kBQ * Dp), o(kBQ * Dp), m(kBQ), l(kBQ), s(kBQ * kBK), kt(Dp * kBK), v(kBK * Dp) {}
+};
+
+// One block of query rows t in [t0, t1) of residue class r; pointers are at
+// the (batch, head) base.
+template <typename T>
+void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T* lse, int64_t r,
+               int64_t t0, int64_t t1, T scale, FwdScratch<T>& sc) {
+  constexpr int VN = Simd<T>::N;
+  const int nrows = (int)(t1 - t0);
+  const long Dp = g.Dp, D = g.D, ld = kBK;
+  T *Q = sc.q.data(), *O = sc.o.data(), *M = sc.m.data(), *L = sc.l.data();
+  T *S = sc.s.data(), *KT = sc.kt.data(), *VR = sc.v.data();
+
+  for (int row = 0; row < nrows; ++row) {
+    const T* src = q + g.pos(r, t0 + row) * D;
+    for (long d = 0; d < D; ++d) Q[row * Dp + d] = scale * src[d];
+  }
+  std::fill(O, O + nrows * Dp, T(0));
+  std::fill(M, M + nrows, neg_inf<T>());
+  std::fill(L, L + nrows, T(0));
+
+  int64_t pos[kBK];
+  auto process = [&](const Chunk& ch) {
+    for (int c = 0; c < ch.len; ++c) pos[c] = ch.sink ? ch.start + c : g.pos(r, ch.start + c);
+    gather_cols(k, pos, ch.len, D, Dp, KT, ld);
+    gather_rows(v, pos, ch.len, D, Dp, VR);
+    for (int g0 = 0; g0 < nrows; g0 += kMR) {
+      const int mr = std::min(kMR, nrows - g0);
+      int lo[kMR], hi[kMR], glo = (int)ld, ghi = 0;
+      for (int rr = 0; rr < mr; ++rr) {
+        const int64_t t = t0 + g0 + rr;
+        key_range(g, ch, g.pos(r, t), t, lo[rr], hi[rr]);
+        if (lo[rr] < hi[rr]) {
+          glo = std::min(glo, lo[rr]);
+          ghi = std::max(ghi, hi[rr]);
+        }
+      }
+      if (glo >= ghi) continue;  // the chunk is outside these rows' band
+      const long a_lo = glo / VN * VN, a_hi = round_up(ghi, VN);
+      T* Sg = S + g0 * ld;
+      tile_rows<T, false>(mr, Q + g0 * Dp, Dp, 1, KT, ld, 0, Dp, a_lo, a_hi, Sg, ld);
+      for (int rr = 0; rr < mr; ++rr) {
+        const int row = g0 + rr;
+        T* s = Sg + rr * ld;
+        mask_row(g, ch, g.pos(r, t0 + row), lo[rr], hi[rr], a_lo, a_hi, s);
+        softmax_row(s, a_lo, a_hi, M[row], L[row], O + row * Dp, Dp);
+      }
+      tile_rows<T, true>(mr, Sg, ld, 1, VR, Dp, a_lo, a_hi, 0, Dp, O + g0 * Dp, Dp);
+    }
+  };
+
+  if (g.S > 0) {
+    const int64_t send = std::min<int64_t>(g.S, g.pos(r, t1 - 1) + 1);
+    for (int64_t j0 = 0; j0 < send; j0 += kBK)
+      process(Chunk{true, j0, (int)std::min<int64_t>(kBK, send - j0)});
+  }
+  for (int64_t c0 = std::max<int64_t>(0, t0 - g.W + 1); c0 < t1; c0 += kBK)
+    process(Chunk{false, c0, (int)std::min<int64_t>(kBK, t1 - c0)});
+
+  for (int row = 0; row < nrows; ++row) {
+    const int64_t i = g.pos(r, t0 + row);
+    const T inv = T(1) / L[row];
+    for (long d = 0; d < D; ++d) out[i * D + d] = O[row * Dp + d] * inv;
+    lse[i] = M[row] + std::log(L[row]);
+  }
+}
+
+// Query blocks of one (batch, head): (residue, first strided index).
+inline std::vector<std::pair<int64_t, int64_t>> query_blocks(const Geometry& g) {
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  for (int64_t r = 0; r < g.nres; ++r)
+    for (int64_t t0 = 0, n = g.count(r); t0 < n; t0 += kBQ) blocks.emplace_back(r, t0);
+  return blocks;
+}
+
+template <typename T>
+void fwd_impl(const Geometry& g, int64_t BH, const T* q, const T* k, const T* v, T* out, T* lse,
+              T scale) {
+  const auto blocks = query_blocks(g);
+  const int64_t nb = (int64_t)blocks.size();
+  run_tasks<FwdScratch<T>>(
+      BH * nb, [&] { return FwdScratch<T>(g.Dp); },
+      [&](int64_t task, FwdScratch<T>& sc) {
+        const int64_t bh = task / nb;
+        const auto [r, t0] = blocks[task % nb];
+        const int64_t t1 = std::min<int64_t>(t0 + kBQ, g.count(r));
+        const int64_t off = bh * g.N * g.D;
+        fwd_block(g, q + off, k + off, v + off, out + off, lse + bh * g.N, r, t0, t1, scale, sc);
+      });
+}
+
+// ---------------------------------------------------------------- backward
+
+template <typename T>
+struct Head {  // one (batch, head) of every tensor the backward touches
+  const T *q, *k, *v, *out, *dout, *lse, *glse;
+  T *dq, *dk, *dv;
+};
+
+template <typename T>
+Head<T> head_at(const Head<T>& h, const Geometry& g, int64_t bh) {
+  const int64_t o = bh * g.N * g.D, ol = bh * g.N;
+  return Head<T>{h.q + o,       h.k + o,  h.v + o,  h.out + o, h.dout + o, h.lse + ol,
+                 h.glse ? h.glse + ol : nullptr, h.dq + o, h.dk + o, h.dv + o};
+}
+
+template <typename T>
+struct BwdScratch {
+  std::vector<T> q, dout, delta, lse, dq, p, ds, kt, vt, kr, dkc, dvc;
+  explicit BwdScratch(int64_t Dp)
+      : q(kBQ * Dp), dout(kBQ * Dp), delta(kBQ), lse(kBQ), dq(kBQ * Dp), p(kBQ * kBK),
+        ds(kBQ * kBK), kt(Dp * kBK), vt(Dp * kBK), kr(kBK * Dp), dkc(kBK * Dp), dvc(kBK * Dp) {}
+};
+
+// Loads the rows at positions pos[0..nrows): scaled Q, dO, lse and
+// Delta_i = dO_i . O_i - dlse_i (the softmax backward's row term).
+template <typename T>
+void load_rows(const Geometry& g, const Head<T>& h, const int64_t* pos, int nrows, T scale,
+               BwdScratch<T>& sc) {
+  const long D = g.D, Dp = g.Dp;
+  for (int row = 0; row < nrows; ++row) {
+    const int64_t i = pos[row];
+    T* qd = sc.q.data() + row * Dp;
+    T* od = sc.dout.data() + row * Dp;
+    T delta = 0;
+    for (long d = 0; d < D; ++d) {
+      qd[d] = scale * h.q[i * D + d];
+      od[d] = h.dout[i * D + d];
+      delta += od[d] * h.out[i * D + d];
+    }
+    sc.delta[row] = h.glse ? delta - h.glse[i] : delta;
+    sc.lse[row] = h.lse[i];
+  }
+}
+
+// Gathers a chunk's keys for the backward: K^T and V^T for the score and dP
+// GEMMs, K row-major for dQ.
+template <typename T>
+void gather_bwd(const Geometry& g, const Head<T>& h, const int64_t* pos, int len, BwdScratch<T>& sc) {
+  gather_cols(h.k, pos, len, g.D, g.Dp, sc.kt.data(), kBK);
+  gather_cols(h.v, pos, len, g.D, g.Dp, sc.vt.data(), kBK);
+  gather_rows(h.k, pos, len, g.D, g.Dp, sc.kr.data());
+}
+
+// P = exp(S - lse) and dS = P * (dP - Delta) of the loaded rows against the
+// gathered chunk, exactly 0 wherever a key is not attended. rows_t are the
+// strided indices (window chunks only). Adds dS K into sc.dq.
+template <typename T>
+void bwd_scores(const Geometry& g, const Chunk& ch, const int64_t* pos, const int64_t* rows_t,
+                int nrows, bool zero_tiles, BwdScratch<T>& sc) {
+  using V = vec_t<T>;
+  constexpr int VN = Simd<T>::N;
+  const long Dp = g.Dp, ld = kBK;
+  T *P = sc.p.data(), *DS = sc.ds.data();
+  // The transposed dK/dV products read whole columns of P and dS.
+  if (zero_tiles) {
+    std::fill(P, P + nrows * ld, T(0));
+    std::fill(DS, DS + nrows * ld, T(0));
+  }
+  for (int g0 = 0; g0 < nrows; g0 += kMR) {
+    const int mr = std::min(kMR, nrows - g0);
+    int lo[kMR], hi[kMR], glo = (int)ld, ghi = 0;
+    for (int rr = 0; rr < mr; ++rr) {
+      key_range(g, ch, pos[g0 + rr], rows_t ? rows_t[g0 + rr] : 0, lo[rr], hi[rr]);
+      if (lo[rr] < hi[rr]) {
+        glo = std::min(glo, lo[rr]);
+        ghi = std::max(ghi, hi[rr]);
+      }
+    }
+    if (glo >= ghi) continue;
+    const long a_lo = glo / VN * VN, a_hi = round_up(ghi, VN);
+    T* Pg = P + g0 * ld;
+    T* Dg = DS + g0 * ld;
+    tile_rows<T, false>(mr, sc.q.data() + g0 * Dp, Dp, 1, sc.kt.data(), ld, 0, Dp, a_lo, a_hi, Pg, ld);
+    tile_rows<T, false>(mr, sc.dout.data() + g0 * Dp, Dp, 1, sc.vt.data(), ld, 0, Dp, a_lo, a_hi, Dg,
+                        ld);
+    for (int rr = 0; rr < mr; ++rr) {
+      T* p = Pg + rr * ld;
+      T* ds = Dg + rr * ld;
+      mask_row(g, ch, pos[g0 + rr], lo[rr], hi[rr], a_lo, a_hi, p);
+      const V lv = vsplat<T>(sc.lse[g0 + rr]);
+      const V dv = vsplat<T>(sc.delta[g0 + rr]);
+      for (long c = a_lo; c < a_hi; c += VN) {
+        const V pv = vexp(vload(p + c) - lv);
+        vstore(p + c, pv);
+        vstore(ds + c, pv * (vload(ds + c) - dv));
+      }
+    }
+    tile_rows<T, true>(mr, Dg, ld, 1, sc.kr.data(), Dp, a_lo, a_hi, 0, Dp, sc.dq.data() + g0 * Dp, Dp);
+  }
+}
+
+// dV_c = sum_rows P[row, c] dO_row and dK_c = sum_rows dS[row, c] (scale q_row)
+// for the chunk's keys, into sc.dvc / sc.dkc; rows_of(c0, c1) gives the rows
+// [rlo, rhi) that can attend keys [c0, c1).
+template <typename T, typename Rows>
+void bwd_dkv(const Geometry& g, int len, Rows rows_of, bool acc, BwdScratch<T>& sc) {
+  const long Dp = g.Dp, ld = kBK;
+  for (int c0 = 0; c0 < len; c0 += kMR) {
+    const int km = std::min(kMR, len - c0);
+    const auto [rlo, rhi] = rows_of(c0, c0 + km);
+    T* dv = sc.dvc.data() + c0 * Dp;
+    T* dk = sc.dkc.data() + c0 * Dp;
+    if (rlo >= rhi) {
+      if (!acc) {
+        std::fill(dv, dv + km * Dp, T(0));
+        std::fill(dk, dk + km * Dp, T(0));
+      }
+      continue;
+    }
+    if (acc) {
+      tile_rows<T, true>(km, sc.p.data() + c0, 1, ld, sc.dout.data(), Dp, rlo, rhi, 0, Dp, dv, Dp);
+      tile_rows<T, true>(km, sc.ds.data() + c0, 1, ld, sc.q.data(), Dp, rlo, rhi, 0, Dp, dk, Dp);
+    } else {
+      tile_rows<T, false>(km, sc.p.data() + c0, 1, ld, sc.dout.data(), Dp, rlo, rhi, 0, Dp, dv, Dp);
+      tile_rows<T, false>(km, sc.ds.data() + c0, 1, ld, sc.q.data(), Dp, rlo, rhi, 0, Dp, dk, Dp);
+    }
+  }
+}
+
+// A contiguous range of query rows [ts, te) of one residue class. dK/dV of
+// keys >= ts are written only by this task; keys below ts (the first W-1 of a
+// later segment's band) go to the task's private halo, added in afterwards.
+struct SegTask {
+  int64_t bh, r, ts, te;
+  int64_t halo_first, halo_off;  // strided index of halo row 0, its row in the halo buffer
+};
+
+template <typename T>
+void bwd_segment(const Geometry& g, const Head<T>& h, const SegTask& task, T* halo_k, T* halo_v,
+                 T scale, BwdScratch<T>& sc) {
+  const long D = g.D, Dp = g.Dp;
+  const int64_t r = task.r;
+  int64_t pos[kBQ], rows_t[kBQ], kpos[kBK];
+  for (int64_t t0 = task.ts; t0 < task.te; t0 += kBQ) {
+    const int64_t t1 = std::min<int64_t>(t0 + kBQ, task.te);
+    const int nrows = (int)(t1 - t0);
+    for (int row = 0; row < nrows; ++row) {
+      rows_t[row] = t0 + row;
+      pos[row] = g.pos(r, t0 + row);
+    }
+    load_rows(g, h, pos, nrows, scale, sc);
+    std::fill(sc.dq.data(), sc.dq.data() + nrows * Dp, T(0));
+
+    // Sink keys: only dQ here, their dK/dV come from the sink pass.
+    if (g.S > 0) {
+      const int64_t send = std::min<int64_t>(g.S, pos[nrows - 1] + 1);
+      for (int64_t j0 = 0; j0 < send; j0 += kBK) {
+        const Chunk ch{true, j0, (int)std::min<int64_t>(kBK, send - j0)};
+        for (int c = 0; c < ch.len; ++c) kpos[c] = j0 + c;
+        gather_bwd(g, h, kpos, ch.len, sc);
+        bwd_scores(g, ch, pos, rows_t, nrows, false, sc);
+      }
+    }
+    for (int64_t c0 = std::max<int64_t>(0, t0 - g.W + 1); c0 < t1; c0 += kBK) {
+      const Chunk ch{false, c0, (int)std::min<int64_t>(kBK, t1 - c0)};
+      for (int c = 0; c < ch.len; ++c) kpos[c] = g.pos(r, c0 + c);
+      gather_bwd(g, h, kpos, ch.len, sc);
+      bwd_scores(g, ch, pos, rows_t, nrows, true, sc);
+      // rows t attend key t' iff t' <= t < t' + W
+      auto rows_of = [&](int c_lo, int c_hi) {
+        const int64_t rlo = std::max<int64_t>(0, c0 + c_lo - t0);
+        const int64_t rhi = std::min<int64_t>(nrows, c0 + c_hi - 1 + g.W - t0);
+        return std::make_pair(rlo, rhi);
+      };
+      bwd_dkv(g, ch.len, rows_of, false, sc);
+      for (int c = 0; c < ch.len; ++c) {
+        const int64_t tk = c0 + c;
+        T *dk, *dv;
+        if (tk >= task.ts) {
+          dk = h.dk + kpos[c] * D;
+          dv = h.dv + kpos[c] * D;
+        } else {
+          dk = halo_k + (task.halo_off + tk - task.halo_first) * D;
+          dv = halo_v + (task.halo_off + tk - task.halo_first) * D;
+        }
+        const T* sk = sc.dkc.data() + c * Dp;
+        const T* sv = sc.dvc.data() + c * Dp;
+        for (long d = 0; d < D; ++d) {
+          dk[d] += sk[d];
+          dv[d] += sv[d];
+        }
+      }
+    }
+    for (int row = 0; row < nrows; ++row)
+      for (long d = 0; d < D; ++d) h.dq[pos[row] * D + d] = scale * sc.dq[row * Dp + d];
+  }
+}
+
+// dK/dV of sink keys [j0, j0+len) from every query that reaches them through
+// the sink rule (not the window), key-major so the task owns those rows.
+template <typename T>
+void bwd_sinks(const Geometry& g, const Head<T>& h, int64_t j0, int len, T scale, BwdScratch<T>& sc) {
+  const long D = g.D, Dp = g.Dp;
+  const Chunk ch{true, j0, len};
+  int64_t pos[kBQ], kpos[kBK];
+  for (int c = 0; c < len; ++c) kpos[c] = j0 + c;
+  gather_bwd(g, h, kpos, len, sc);
+  std::fill(sc.dkc.data(), sc.dkc.data() + len * Dp, T(0));
+  std::fill(sc.dvc.data(), sc.dvc.data() + len * Dp, T(0));
+  for (int64_t i0 = j0; i0 < g.N; i0 += kBQ) {
+    const int nrows = (int)std::min<int64_t>(kBQ, g.N - i0);
+    for (int row = 0; row < nrows; ++row) pos[row] = i0 + row;
+    load_rows(g, h, pos, nrows, scale, sc);
+    bwd_scores(g, ch, pos, nullptr, nrows, true, sc);  // its dQ part is discarded
+    bwd_dkv(g, len, [&](int, int) { return std::make_pair<int64_t, int64_t>(0, nrows); }, true, sc);
+  }
+  for (int c = 0; c < len; ++c)
+    for (long d = 0; d < D; ++d) {
+      h.dk[(j0 + c) * D + d] += sc.dkc[c * Dp + d];
+      h.dv[(j0 + c) * D + d] += sc.dvc[c * Dp + d];
+    }
+}
+
+template <typename T>
+void bwd_impl(const Geometry& g, int64_t BH, const Head<T>& base, T scale) {
+  // Whole residue classes per task when there are enough of them to keep
+  // every thread busy; otherwise split classes into segments of >= W rows so
+  // the halos add at most one extra copy of dK/dV.
+  const int64_t nth = at::get_num_threads();
+  const int64_t nseq = BH * g.nres;
+  const int64_t target = nth > 1 ? 4 * nth : 1;
+  const int64_t want = nseq >= target ? 1 : (target + nseq - 1) / nseq;
+  std::vector<SegTask> tasks;
+  std::vector<int64_t> seq_begin;  // first task of each (bh, r)
+  int64_t halo_rows = 0;
+  for (int64_t bh = 0; bh < BH; ++bh)
+    for (int64_t r = 0; r < g.nres; ++r) {
+      seq_begin.push_back((int64_t)tasks.size());
+      const int64_t n = g.count(r);
+      int64_t seg = n;
+      if (want > 1)
+        seg = std::max(round_up((n + want - 1) / want, kBQ), round_up(std::max<int64_t>(g.W - 1, 1), kBQ));
+      for (int64_t ts = 0; ts < n; ts += seg) {
+        const int64_t first = std::max<int64_t>(0, ts - g.W + 1);
+        tasks.push_back(SegTask{bh, r, ts, std::min(ts + seg, n), first, halo_rows});
+        halo_rows += ts - first;
+      }
+    }
+  seq_begin.push_back((int64_t)tasks.size());
+  std::vector<T> halo_k(halo_rows * g.D, T(0)), halo_v(halo_rows * g.D, T(0));
+
+  run_tasks<BwdScratch<T>>(
+      (int64_t)tasks.size(), [&] { return BwdScratch<T>(g.Dp); },
+      [&](int64_t i, BwdScratch<T>& sc) {
+        const SegTask& task = tasks[i];
+        bwd_segment(g, head_at(base, g, task.bh), task, halo_k.data(), halo_v.data(), scale, sc);
+      });
+
+  if (halo_rows > 0) {
+    at::parallel_for(0, nseq, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s)
+        for (int64_t i = seq_begin[s]; i < seq_begin[s + 1]; ++i) {
+          const SegTask& task = tasks[i];
+          const Head<T> h = head_at(base, g, task.bh);
+          for (int64_t tk = task.halo_first; tk < task.ts; ++tk) {
+            const int64_t row = task.halo_off + tk - task.halo_first;
+            const int64_t j = g.pos(task.r, tk);
+            for (int64_t d = 0; d < g.D; ++d) {
+              h.dk[j * g.D + d] += halo_k[row * g.D + d];
+              h.dv[j * g.D + d] += halo_v[row * g.D + d];
+            }
+          }
+        }
+    });
+  }
+
+  if (g.S > 0) {
+    const int64_t nchunks = (g.S + kBK - 1) / kBK;
+    run_tasks<BwdScratch<T>>(
+        BH * nchunks, [&] { return BwdScratch<T>(g.Dp); },
+        [&](int64_t i, BwdScratch<T>& sc) {
+          const int64_t bh = i / nchunks, j0 = (i % nchunks) * kBK;
+          bwd_sinks(g, head_at(base, g, bh), j0, (int)std::min<int64_t>(kBK, g.S - j0), scale, sc);
+        });
+  }
+}
+
+// -------------------------------------------------------------- op entries
+
+template <typename T>
+Geometry make_geometry(const at::Tensor& q, int64_t window, int64_t dilation, int64_t sinks) {
+  Geometry g;
+  g.N = q.size(2);
+  g.D = q.size(3);
+  g.Dp = round_up(g.D, Simd<T>::N);
+  g.W = std::min<int64_t>(window, std::max<int64_t>(g.N, 1));  // a wider window changes nothing
+  g.dil = dilation;
+  g.S = std::min<int64_t>(sinks, g.N);
+  g.nres = std::min<int64_t>(dilation, g.N);
+  return g;
+}
+
+void check_common(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  int64_t window, int64_t dilation, int64_t sinks, double scale) {
+  TORCH_CHECK(q.dim() == 4, op, ": q must be (batch, heads, seq, head_dim), got ", q.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
+              ": q, k, v must have the same shape, got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k, v must have the same dtype");
+  TORCH_CHECK(at::isFloatingType(q.scalar_type()), op, ": floating point inputs required, got ",
+              q.scalar_type());
+  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 256, op, ": head_dim must be in [1, 256], got ", q.size(3));
+  TORCH_CHECK(window >= 1 && dilation >= 1 && sinks >= 0, op,
+              ": need window >= 1, dilation >= 1, sinks >= 0, got ", window, ", ", dilation, ", ", sinks);
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite");
+}
+
+at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor> sparse_attn_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                       const at::Tensor& v, int64_t window,
+                                                       int64_t dilation, int64_t sinks, double scale) {
+  check_common("sparse_attn_fwd", q, k, v, window, dilation, sinks, scale);
+  const auto ct = compute_type(q.scalar_type());
+  const at::Tensor qc = q.to(ct).contiguous(), kc = k.to(ct).contiguous(), vc = v.to(ct).contiguous();
+  at::Tensor out = at::empty(qc.sizes(), qc.options());
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, qc.options());
+  if (qc.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(ct, "sparse_attn_fwd_cpu", [&] {
+      const Geometry g = make_geometry<scalar_t>(qc, window, dilation, sinks);
+      fwd_impl<scalar_t>(g, q.size(0) * q.size(1), qc.const_data_ptr<scalar_t>(),
+                         kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
+                         out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<scalar_t>(),
+                         (scalar_t)scale);
+    });
+  }
+  return {out.to(q.scalar_type()), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, int64_t window, int64_t dilation, int64_t sinks,
+    double scale, const std::optional<at::Tensor>& grad_lse) {
+  check_common("sparse_attn_bwd", q, k, v, window, dilation, sinks, scale);
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+              "sparse_attn_bwd: grad_out and out must have q's shape");
+  const std::vector<int64_t> row_shape{q.size(0), q.size(1), q.size(2)};
+  TORCH_CHECK(lse.sizes() == row_shape, "sparse_attn_bwd: lse must be (batch, heads, seq)");
+  const bool has_glse = grad_lse.has_value() && grad_lse->defined();
+  if (has_glse)
+    TORCH_CHECK(grad_lse->sizes() == row_shape, "sparse_attn_bwd: grad_lse must be (batch, heads, seq)");
+  const auto ct = compute_type(q.scalar_type());
+  auto prep = [&](const at::Tensor& t) { return t.to(ct).contiguous(); };
+  const at::Tensor qc = prep(q), kc = prep(k), vc = prep(v), oc = prep(out), gc = prep(grad_out),
+                   lc = prep(lse);
+  const at::Tensor glc = has_glse ? prep(*grad_lse) : at::Tensor();
+  at::Tensor dq = at::empty(qc.sizes(), qc.options());
+  at::Tensor dk = at::zeros(qc.sizes(), qc.options());
+  at::Tensor dv = at::zeros(qc.sizes(), qc.options());
+  if (qc.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(ct, "sparse_attn_bwd_cpu", [&] {
+      const Geometry g = make_geometry<scalar_t>(qc, window, dilation, sinks);
+      const Head<scalar_t> h{qc.const_data_ptr<scalar_t>(),
+                             kc.const_data_ptr<scalar_t>(),
+                             vc.const_data_ptr<scalar_t>(),
+                             oc.const_data_ptr<scalar_t>(),
+                             gc.const_data_ptr<scalar_t>(),
+                             lc.const_data_ptr<scalar_t>(),
+                             has_glse ? glc.const_data_ptr<scalar_t>() : nullptr,
+                             dq.mutable_data_ptr<scalar_t>(),
+                             dk.mutable_data_ptr<scalar_t>(),
+                             dv.mutable_data_ptr<scalar_t>()};
+      bwd_impl<scalar_t>(g, q.size(0) * q.size(1), h, (scalar_t)scale);
+    });
+  }
+  const auto dt = q.scalar_type();
+  return {dq.to(dt), dk.to(dt), dv.to(dt)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrader, CPU, m) {
+  m.impl("sparse_attn_fwd", &sparse_attn_fwd_cpu);
+  m.impl("sparse_attn_bwd", &sparse_attn_bwd_cpu);
+}
+
+}  // namespace cpu
+}  // namespace fastrader

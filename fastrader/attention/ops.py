@@ -1,0 +1,167 @@
+"""Python face of the ``fastrader::sparse_attn_*`` ops.
+
+Loads the compiled extension ``fastrader._C`` (which registers the schemas and
+the device kernels), registers the fake (meta) kernels for torch.compile and
+the autograd formula, and validates every argument before it reaches C++ so
+that mistakes come back as one-line Python errors.
+"""
+
+import math
+import numbers
+
+import torch
+
+from fastrader.errors import FastraderError
+
+try:  # importing the library runs its TORCH_LIBRARY registrations
+    from fastrader import _C  # noqa: F401
+
+    _LOAD_ERROR = None
+except ImportError as exc:  # not built: report it when the op is used
+    _LOAD_ERROR = exc
+
+HEAD_DIM_RANGE = (8, 128)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_INT_MAX = 2**62  # keeps window * dilation inside int64 everywhere
+
+
+class AttentionArgumentError(FastraderError, ValueError):
+    """Bad shape, device or window/dilation/sinks/scale for sparse attention."""
+
+
+class AttentionTypeError(FastraderError, TypeError):
+    """Sparse attention got a non-tensor or a dtype it does not support."""
+
+
+def available():
+    """True when the compiled extension ``fastrader._C`` could be imported."""
+    return _LOAD_ERROR is None
+
+
+def _kernel_devices():
+    # Looked up once at import: torch.compile cannot trace the dispatcher query.
+    if _LOAD_ERROR is not None:
+        return frozenset()
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return frozenset(dev for dev, key in keys.items() if has("fastrader::sparse_attn_fwd", key))
+
+
+_KERNEL_DEVICES = _kernel_devices()
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise AttentionTypeError(f"sparse_attention: {name} must be an int, got {type(value).__name__}")
+    if not minimum <= value <= _INT_MAX:
+        raise AttentionArgumentError(f"sparse_attention: {name} must be in [{minimum}, 2**62], got {value}")
+    return int(value)
+
+
+def check_inputs(q, k, v, window, dilation, sinks, scale):
+    """Validates the arguments; returns (window, dilation, sinks, scale) normalised.
+
+    Raises AttentionTypeError (a TypeError) or AttentionArgumentError (a
+    ValueError), both FastraderError, naming the argument at fault.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise AttentionTypeError(f"sparse_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if q.dim() != 4:
+        raise AttentionArgumentError(
+            f"sparse_attention: q must be 4-D (batch, heads, seq, head_dim), got shape {tuple(q.shape)}"
+        )
+    if k.shape != q.shape or v.shape != q.shape:
+        raise AttentionArgumentError(
+            "sparse_attention: q, k, v must have the same shape, got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.dtype not in _DTYPES:
+        raise AttentionTypeError(
+            f"sparse_attention: dtype must be float32, float64, bfloat16 or float16, got {q.dtype}"
+        )
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise AttentionTypeError(
+            f"sparse_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if k.device != q.device or v.device != q.device:
+        raise AttentionArgumentError(
+            f"sparse_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
+        )
+    if q.device.type not in _KERNEL_DEVICES:
+        raise AttentionArgumentError(f"sparse_attention: no kernel for device {q.device} (CPU only for now)")
+    lo, hi = HEAD_DIM_RANGE
+    if not lo <= q.shape[-1] <= hi:
+        raise AttentionArgumentError(f"sparse_attention: head_dim must be in [{lo}, {hi}], got {q.shape[-1]}")
+    window = _check_int("window", window, 1)
+    dilation = _check_int("dilation", dilation, 1)
+    sinks = _check_int("sinks", sinks, 0)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise AttentionTypeError(f"sparse_attention: scale must be a float or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise AttentionArgumentError(f"sparse_attention: scale must be finite, got {scale}")
+    return window, dilation, sinks, scale
+
+
+def _require_library():
+    if _LOAD_ERROR is not None:
+        raise FastraderError(
+            "sparse_attention: the extension fastrader._C is not built "
+            f"({_LOAD_ERROR}); run `FASTRADER_BUILD=torch python setup.py build_ext --inplace`"
+        )
+
+
+def sparse_attention_with_lse(q, k, v, window=256, dilation=1, sinks=0, scale=None):
+    """Like :func:`sparse_attention` but also returns the row log-sum-exp (B, H, N).
+
+    lse is float64 for float64 inputs and float32 otherwise; it is differentiable.
+    """
+    _require_library()
+    window, dilation, sinks, scale = check_inputs(q, k, v, window, dilation, sinks, scale)
+    return torch.ops.fastrader.sparse_attn_fwd(q, k, v, window, dilation, sinks, scale)
+
+
+def sparse_attention(q, k, v, window=256, dilation=1, sinks=0, scale=None):
+    """Causal sliding-window attention with dilation and sink tokens.
+
+    q, k, v: (batch, heads, seq, head_dim), float32/float64 (bfloat16/float16
+    accepted, computed in float32). Query i attends key j iff j <= i and
+    ((i - j) < window * dilation and (i - j) % dilation == 0, or j < sinks).
+    ``scale`` defaults to 1/sqrt(head_dim). Differentiable in q, k, v.
+    """
+    return sparse_attention_with_lse(q, k, v, window, dilation, sinks, scale)[0]
+
+
+def _lse_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if available():
+
+    @torch.library.register_fake("fastrader::sparse_attn_fwd")
+    def _fwd_fake(q, k, v, window, dilation, sinks, scale):
+        out = q.new_empty(q.shape)
+        lse = q.new_empty(q.shape[:-1], dtype=_lse_dtype(q.dtype))
+        return out, lse
+
+    @torch.library.register_fake("fastrader::sparse_attn_bwd")
+    def _bwd_fake(grad_out, q, k, v, out, lse, window, dilation, sinks, scale, grad_lse=None):
+        return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+    def _setup_context(ctx, inputs, output):
+        q, k, v, window, dilation, sinks, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.params = (window, dilation, sinks, scale)
+
+    def _backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        dq, dk, dv = torch.ops.fastrader.sparse_attn_bwd(grad_out, q, k, v, out, lse, *ctx.params, grad_lse)
+        return dq, dk, dv, None, None, None, None
+
+    torch.library.register_autograd("fastrader::sparse_attn_fwd", _backward, setup_context=_setup_context)
