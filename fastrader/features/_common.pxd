@@ -17,23 +17,23 @@ cdef extern from "math.h" nogil:
 
 cdef extern from *:
     """
-    /* Return r rounded to double and opaque to the optimiser, so that the
-       compiler cannot fuse the product that produced it with a following
-       addition (-march=native allows FMA contraction; TA-Lib's MACD is
-       computed unfused, and the MACD line is a small difference of two large
-       EMAs, so one ulp of an EMA is a visible relative error of the line). */
-    static inline double fastrader_rounded(double r) {
-    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-        __asm__("" : "+x"(r));
-    #elif defined(__GNUC__) && defined(__aarch64__)
-        __asm__("" : "+w"(r));
+    /* One step of TA-Lib's EMA, avg + (x - avg) * k, rounded as TA-Lib rounds it.
+       The TA-Lib library shipped with the talib wheel selects at load time a
+       build that fuses this multiply-add (FMA) on CPUs that have FMA, and a
+       plain one elsewhere; -march=native defines __FMA__ on exactly those
+       CPUs, so both sides round the same way. The MACD line is a small
+       difference of two large EMAs, where one ulp of price level is a visible
+       relative error, hence the care. */
+    static inline double fastrader_ta_ema(double avg, double x, double k) {
+    #if defined(__FMA__) || defined(__FP_FAST_FMA)
+        return __builtin_fma(x - avg, k, avg);
     #else
-        volatile double v = r; r = v;
+        volatile double p = (x - avg) * k;   /* keep the product unfused */
+        return p + avg;
     #endif
-        return r;
     }
     """
-    double rounded "fastrader_rounded" (double) noexcept nogil
+    double ta_ema_step "fastrader_ta_ema" (double avg, double x, double k) noexcept nogil
 
 
 cdef inline bint finite(double x) noexcept nogil:
@@ -193,7 +193,7 @@ cdef inline bint smooth_push(Smooth* m, double x) noexcept nogil:
 
 
 cdef inline bint ema_ta_push(Smooth* m, double x) noexcept nogil:
-    """EMA (after ema_init) with TA-Lib's own rounding: avg += (x - avg) * k, unfused.
+    """EMA (after ema_init) with TA-Lib's own rounding of avg + (x - avg) * k.
 
     Used for MACD, whose line is a small difference of two large EMAs: there
     one ulp of price level is a visible relative error, so we match TA-Lib's
@@ -206,7 +206,7 @@ cdef inline bint ema_ta_push(Smooth* m, double x) noexcept nogil:
             return False
         m.avg = m.total / m.n
         return True
-    m.avg = rounded((x - m.avg) * m.b) + m.avg
+    m.avg = ta_ema_step(m.avg, x, m.b)
     return True
 
 
