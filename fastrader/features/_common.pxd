@@ -49,6 +49,8 @@ cdef struct Roll:
     double K      # shift of the second-moment sums
     double s1     # sum of (x - K) over the window (K = 0 for roll_push1)
     double s2     # sum of (x - K)^2 over the window (roll_push2 only)
+    double last   # previous value pushed
+    long same     # how many of the last values equal it (exact constant-window check)
 
 
 cdef inline void roll_init(Roll* r, long n) noexcept nogil:
@@ -58,11 +60,27 @@ cdef inline void roll_init(Roll* r, long n) noexcept nogil:
     r.K = 0.0
     r.s1 = 0.0
     r.s2 = 0.0
+    r.last = NAN
+    r.same = 0
 
 
 cdef inline void roll_reset(Roll* r) noexcept nogil:
     r.run = 0
     r.left = 0
+    r.last = NAN
+    r.same = 0
+
+
+cdef inline bint roll_same(Roll* r, double x) noexcept nogil:
+    # A window of n equal values (e.g. zero volume for hours) must give an
+    # exact zero spread / exact sum, not the rounding residue that incremental
+    # updates leave behind: downstream that decides NaN versus a number.
+    if x == r.last:
+        r.same += 1
+    else:
+        r.same = 1
+        r.last = x
+    return r.same >= r.n
 
 
 cdef inline bint roll_push1(Roll* r, const double* buf, long mask, long t, double x) noexcept nogil:
@@ -74,9 +92,15 @@ cdef inline bint roll_push1(Roll* r, const double* buf, long mask, long t, doubl
     cdef long n = r.n, j
     cdef double s
     if not finite(x):
-        r.run = 0
+        roll_reset(r)
         return False
     r.run += 1
+    if roll_same(r, x) and r.run >= n:
+        if r.left == 0:
+            r.left = n
+        r.left -= 1
+        r.s1 = x * n
+        return True
     if r.run < n:
         return False
     if r.run == n or r.left == 0:
@@ -96,9 +120,17 @@ cdef inline bint roll_push2(Roll* r, const double* buf, long mask, long t, doubl
     cdef long n = r.n, j
     cdef double d, e, s1, s2, K
     if not finite(x):
-        r.run = 0
+        roll_reset(r)
         return False
     r.run += 1
+    if roll_same(r, x) and r.run >= n:
+        if r.left == 0:
+            r.left = n
+        r.left -= 1
+        r.K = x
+        r.s1 = 0.0
+        r.s2 = 0.0
+        return True
     if r.run < n:
         return False
     if r.run == n or r.left == 0:
