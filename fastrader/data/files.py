@@ -88,14 +88,25 @@ def read_parquet_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read as Parquet ({_first_line(exc)})") from None
 
 
-def load_candles(path: str | os.PathLike) -> pd.DataFrame:
-    """Load and validate a CSV or Parquet file of candles in the ccxt layout.
+def load_candles(path: str | os.PathLike, format: str = "auto") -> pd.DataFrame:
+    """Load and validate a CSV or Parquet file of candles.
 
+    ``format`` is 'ccxt' (timestamp,open,high,low,close,volume, with or
+    without header), one of the public formats in :mod:`.formats`
+    ('binance', 'cryptodatadownload', 'bitstamp'), or 'auto' to detect it.
     Returns a new frame with a RangeIndex and exactly the columns timestamp
     (int64 UTC ms), open, high, low, close, volume (float64), ascending.
     Raises :class:`fastrader.errors.DataError` with one line on any problem.
     """
+    from fastrader.data.formats import FORMATS, READERS, detect_format
+
+    if format not in FORMATS:
+        raise DataError(f"unknown candle file format {format!r} (choose from {', '.join(FORMATS)})")
     p = _check_path(path)
+    if not _is_parquet(p):
+        fmt = detect_format(p) if format == "auto" else format
+        if fmt in READERS:
+            return READERS[fmt](p)
     if _is_parquet(p):
         table, first_line = read_parquet_table(p), None
     else:
