@@ -182,18 +182,13 @@ __global__ void __launch_bounds__(kThreads)
 
   for_each_key(i, g.W, g.dil, g.S, [&](int j) {
     const A s = group_sum<TPR>(dot_part<T, A, E>(qr, kh + int64_t(j) * g.D, d0, g.D), mask);
-    A p;
-    if (s > m) {  // new running max: rescale what we have (alpha = 0 the first time)
-      const A alpha = Base<A>::exp(m - s);
-      l *= alpha;
+    const A m_new = s > m ? s : m;
+    const A alpha = Base<A>::exp(m - m_new);  // 0 for the first key (m = -inf), 1 if m stays
+    const A p = Base<A>::exp(s - m_new);
+    m = m_new;
+    l = l * alpha + p;
 #pragma unroll
-      for (int e = 0; e < E; ++e) o[e] *= alpha;
-      m = s;
-      p = A(1);
-    } else {
-      p = Base<A>::exp(s - m);
-    }
-    l += p;
+    for (int e = 0; e < E; ++e) o[e] *= alpha;
     axpy<T, A, E>(o, p, vh + int64_t(j) * g.D, d0, g.D);
   });
 

@@ -1,0 +1,334 @@
+"""CUDA kernels of fastrader::sparse_attn_fwd / sparse_attn_bwd.
+
+Skipped as a whole on machines without a CUDA device (CI has none). On a GPU:
+
+* parity of out, lse, dq, dk, dv against an independent float64 PyTorch
+  reference with a materialised mask, over a sweep of sequence lengths that
+  are multiples of nothing, windows 1 .. > seq, dilation 1/3, sinks 0/2,
+  head dims 8..128, float32/bfloat16/float16 (and float64 on its own);
+  tolerances come from the reference's own error in the same low precision:
+  ours must be within 3x of it (plus half a unit of the dtype's rounding);
+* the op on the CPU and on CUDA agree on the same inputs (when the CPU
+  kernel is registered);
+* torch.library.opcheck on CUDA tensors, and the Python wrapper
+  ``fastrader.attention.sparse_attention`` (autograd included) on CUDA.
+
+Set FASTRADER_CUDA_TEST_STATS=path to get one JSON line per parity check
+(observed errors and the allowed bound) for a summary table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device: the CUDA kernels of fastrader::sparse_attn_* can only run on an NVIDIA GPU",
+)
+
+LOWP = (torch.float32, torch.bfloat16, torch.float16)
+STATS: list[dict] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cuda_op():
+    """Loads the extension and insists that it registered its CUDA kernels."""
+    from fastrader import _C  # noqa: F401  (registers the ops)
+
+    for name in ("fastrader::sparse_attn_fwd", "fastrader::sparse_attn_bwd"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA"), (
+            f"{name} has no CUDA kernel: the extension was built without CUDA (is nvcc on the PATH?)"
+        )
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the float32 reference must be float32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+    path = os.environ.get("FASTRADER_CUDA_TEST_STATS")
+    if path:
+        with open(path, "a") as fh:
+            for row in STATS:
+                fh.write(json.dumps(row) + "\n")
+
+
+def cpu_has_kernel():
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastrader::sparse_attn_fwd", "CPU")
+
+
+# ------------------------------------------------------------ the reference
+
+
+def allowed(n, window, dilation, sinks, device):
+    """mask[i, j]: query i attends key j (straight from the definition)."""
+    i = torch.arange(n, device=device).unsqueeze(1)
+    j = torch.arange(n, device=device).unsqueeze(0)
+    d = i - j
+    return (d >= 0) & (((d < window * dilation) & (d % dilation == 0)) | (j < sinks))
+
+
+def reference(q, k, v, mask, scale):
+    """Dense masked attention in q's dtype: (out, lse). Differentiable."""
+    s = (q @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    out = torch.softmax(s, dim=-1) @ v
+    return out, lse
+
+
+def reference_grads(q, k, v, mask, scale, g_out, g_lse, dtype):
+    """out, lse, dq, dk, dv of the reference computed entirely in ``dtype``."""
+    qq, kk, vv = (t.detach().to(dtype).requires_grad_(True) for t in (q, k, v))
+    out, lse = reference(qq, kk, vv, mask, scale)
+    loss = (out * g_out.to(dtype)).sum()
+    if g_lse is not None:
+        loss = loss + (lse * g_lse.to(dtype)).sum()
+    dq, dk, dv = torch.autograd.grad(loss, (qq, kk, vv))
+    return [t.detach() for t in (out, lse, dq, dk, dv)]
+
+
+def random_inputs(b, h, n, d, dtype, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float64) * scale).to(dtype)
+
+    q, k, v = rnd(b, h, n, d, scale=1.5), rnd(b, h, n, d), rnd(b, h, n, d)
+    g_out = rnd(b, h, n, d)
+    g_lse = rnd(b, h, n, scale=0.5).float() if dtype != torch.float64 else rnd(b, h, n, scale=0.5)
+    return q, k, v, g_out, g_lse
+
+
+def max_err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def check_parity(tag, ours, ref64, reflow, dtype):
+    """ours/ref64/reflow: dicts name -> tensor. Asserts each error bound."""
+    if dtype == torch.float64:
+        floor_c, ratio = 1e-10, 0.0
+    elif dtype == torch.float32:
+        floor_c, ratio = 8 * torch.finfo(torch.float32).eps, 3.0
+    else:
+        floor_c, ratio = 0.5 * torch.finfo(dtype).eps, 3.0
+    grad_scale = max(ref64[n].abs().max().item() for n in ("dq", "dk", "dv"))
+    failures = []
+    for name in ("out", "lse", "dq", "dk", "dv"):
+        if name not in ours:
+            continue
+        a, r = ours[name], ref64[name]
+        assert a.shape == r.shape, (tag, name, a.shape, r.shape)
+        assert torch.isfinite(a).all(), f"{tag}: non-finite values in {name}"
+        mag = grad_scale if name.startswith("d") else r.abs().max().item()
+        if name == "lse":
+            mag = max(mag, 1.0)
+        e = max_err(a, r)
+        e_low = max_err(reflow[name], r) if reflow is not None else 0.0
+        bound = ratio * e_low + floor_c * mag
+        STATS.append(
+            {"tag": tag, "dtype": str(dtype).replace("torch.", ""), "name": name, "err": e, "err_ref_lowp": e_low,
+             "bound": bound, "mag": mag}
+        )
+        if not e <= bound:
+            failures.append(f"{name}: err {e:.3e} > bound {bound:.3e} (ref-{dtype} err {e_low:.3e}, |ref| {mag:.3e})")
+    assert not failures, f"{tag}: " + "; ".join(failures)
+
+
+def run_case(b, h, n, d, window, dilation, sinks, dtype, seed, use_glse=True):
+    q, k, v, g_out, g_lse = random_inputs(b, h, n, d, dtype, seed)
+    if not use_glse:
+        g_lse = None
+    scale = 1.0 / math.sqrt(d)
+    mask = allowed(n, window, dilation, sinks, "cuda")
+    ops = torch.ops.fastrader
+    out, lse = ops.sparse_attn_fwd(q, k, v, window, dilation, sinks, scale)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert lse.shape == q.shape[:-1]
+    dq, dk, dv = ops.sparse_attn_bwd(g_out, q, k, v, out, lse, window, dilation, sinks, scale, g_lse)
+    for t in (dq, dk, dv):
+        assert t.dtype == dtype and t.shape == q.shape
+
+    r64 = reference_grads(q, k, v, mask, scale, g_out, g_lse, torch.float64)
+    rlow = reference_grads(q, k, v, mask, scale, g_out, g_lse, dtype) if dtype != torch.float64 else None
+    names = ("out", "lse", "dq", "dk", "dv")
+    tag = f"B={b},H={h},N={n},D={d},W={window},dil={dilation},S={sinks},{str(dtype)[6:]}"
+    check_parity(
+        tag,
+        dict(zip(names, (out, lse, dq, dk, dv))),
+        dict(zip(names, r64)),
+        dict(zip(names, rlow)) if rlow is not None else None,
+        dtype,
+    )
+    return (q, k, v, g_out, g_lse, scale), (out, lse, dq, dk, dv)
+
+
+# ------------------------------------------------------------------- tests
+
+
+def test_reference_mask_matches_definition():
+    n, w, dil, s = 23, 4, 3, 2
+    m = allowed(n, w, dil, s, "cuda").cpu()
+    for i in range(n):
+        for j in range(n):
+            want = j <= i and ((i - j < w * dil and (i - j) % dil == 0) or j < s)
+            assert bool(m[i, j]) == want, (i, j)
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=lambda t: str(t)[6:])
+@pytest.mark.parametrize("d", [8, 32, 64, 128])
+@pytest.mark.parametrize("window", [1, 7, 64, 1000])
+@pytest.mark.parametrize("dilation", [1, 3])
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_parity_sweep(dtype, d, window, dilation, sinks):
+    seed = zlib.crc32(repr((str(dtype), d, window, dilation, sinks)).encode())
+    run_case(2, 3, 131, d, window, dilation, sinks, dtype, seed)
+
+
+@pytest.mark.parametrize(
+    "n,d,window,dilation,sinks",
+    [
+        (1, 32, 4, 1, 0),
+        (1, 32, 1, 3, 2),
+        (2, 16, 1, 1, 1),
+        (5, 8, 2, 7, 0),  # dilation > N
+        (37, 16, 3, 2, 40),  # sinks > N: dense causal
+        (37, 24, 5, 1, 37),  # head dim that is no power of two
+        (97, 100, 9, 4, 5),
+        (61, 256, 6, 2, 3),  # the op takes head dims up to 256
+        (257, 64, 32, 1, 1),
+        (1000, 64, 64, 3, 2),
+        (2003, 32, 16, 1, 3),  # long rows for the sink-key kernel
+    ],
+)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64), ids=lambda t: str(t)[6:])
+def test_parity_edges(n, d, window, dilation, sinks, dtype):
+    run_case(1, 2, n, d, window, dilation, sinks, dtype, seed=n * 1009 + d)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64,), ids=lambda t: str(t)[6:])
+@pytest.mark.parametrize("window,dilation,sinks", [(1, 1, 0), (5, 3, 2), (200, 1, 2), (16, 2, 0)])
+@pytest.mark.parametrize("d", [8, 64, 128])
+def test_parity_float64(dtype, window, dilation, sinks, d):
+    run_case(2, 2, 157, d, window, dilation, sinks, dtype, seed=window * 31 + d)
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=lambda t: str(t)[6:])
+def test_parity_without_grad_lse(dtype):
+    run_case(1, 2, 143, 64, 17, 2, 2, dtype, seed=7, use_glse=False)
+
+
+def test_deterministic_and_noncontiguous():
+    q, k, v, g_out, g_lse = random_inputs(2, 3, 190, 32, torch.float32, seed=11)
+    args = (9, 2, 2, 0.25)
+    ops = torch.ops.fastrader
+    out1, lse1 = ops.sparse_attn_fwd(q, k, v, *args)
+    out2, lse2 = ops.sparse_attn_fwd(q, k, v, *args)
+    assert torch.equal(out1, out2) and torch.equal(lse1, lse2)
+    g1 = ops.sparse_attn_bwd(g_out, q, k, v, out1, lse1, *args, g_lse)
+    g2 = ops.sparse_attn_bwd(g_out, q, k, v, out1, lse1, *args, g_lse)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    # (B, N, H, D) memory seen as (B, H, N, D): not contiguous
+    qt, kt, vt = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    assert not qt.is_contiguous()
+    out3, lse3 = ops.sparse_attn_fwd(qt, kt, vt, *args)
+    assert torch.equal(out1, out3) and torch.equal(lse1, lse3)
+    g3 = ops.sparse_attn_bwd(g_out, qt, kt, vt, out1, lse1, *args, g_lse)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g3))
+
+
+def test_rejects_bad_input():
+    q = torch.randn(1, 1, 8, 16, device="cuda")
+    ops = torch.ops.fastrader
+    with pytest.raises(RuntimeError, match="window"):
+        ops.sparse_attn_fwd(q, q, q, 0, 1, 0, 0.25)
+    with pytest.raises(RuntimeError, match="same shape"):
+        ops.sparse_attn_fwd(q, q[..., :8], q, 4, 1, 0, 0.25)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.sparse_attn_fwd(q, q.double(), q, 4, 1, 0, 0.25)
+
+
+def test_empty_inputs():
+    q = torch.randn(2, 0, 5, 16, device="cuda")
+    out, lse = torch.ops.fastrader.sparse_attn_fwd(q, q, q, 4, 1, 0, 0.25)
+    assert out.shape == q.shape and lse.shape == (2, 0, 5)
+    q = torch.randn(1, 2, 0, 16, device="cuda")
+    out, lse = torch.ops.fastrader.sparse_attn_fwd(q, q, q, 4, 1, 0, 0.25)
+    assert out.shape == q.shape and lse.shape == (1, 2, 0)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16, torch.float16), ids=lambda t: str(t)[6:])
+@pytest.mark.parametrize("n,d,window,dilation,sinks", [(131, 32, 7, 3, 2), (300, 64, 64, 1, 0), (77, 128, 1000, 2, 2)])
+def test_cpu_and_cuda_agree(dtype, n, d, window, dilation, sinks):
+    if not cpu_has_kernel():
+        pytest.fail("fastrader::sparse_attn_fwd has no CPU kernel registered")
+    q, k, v, g_out, g_lse = random_inputs(2, 2, n, d, dtype, seed=n + d)
+    args = (window, dilation, sinks, 1.0 / math.sqrt(d))
+    ops = torch.ops.fastrader
+    out, lse = ops.sparse_attn_fwd(q, k, v, *args)
+    grads = ops.sparse_attn_bwd(g_out, q, k, v, out, lse, *args, g_lse)
+    cpu = [t.cpu() for t in (q, k, v, g_out, g_lse, out, lse)]
+    out_c, lse_c = ops.sparse_attn_fwd(*cpu[:3], *args)
+    grads_c = ops.sparse_attn_bwd(cpu[3], *cpu[:3], cpu[5], cpu[6], *args, cpu[4])
+    assert out_c.dtype == out.dtype and lse_c.dtype == lse.dtype
+    # Both accumulate in float32 (float64) in different orders; low-precision
+    # results may then round to neighbouring values.
+    if dtype == torch.float64:
+        tol = dict(rtol=1e-11, atol=1e-11)
+    elif dtype == torch.float32:
+        tol = dict(rtol=2e-5, atol=2e-5)
+    else:
+        tol = dict(rtol=torch.finfo(dtype).eps, atol=2 * torch.finfo(dtype).eps)
+    torch.testing.assert_close(out.cpu(), out_c, **tol)
+    torch.testing.assert_close(lse.cpu(), lse_c, rtol=tol["rtol"], atol=max(tol["atol"], 2e-5 if dtype != torch.float64 else 0))
+    for name, a, b in zip(("dq", "dk", "dv"), grads, grads_c):
+        torch.testing.assert_close(a.cpu(), b, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=lambda t: str(t)[6:])
+def test_opcheck(dtype):
+    import fastrader.attention  # noqa: F401  (fake kernels and autograd formula)
+
+    q, k, v, g_out, g_lse = random_inputs(1, 2, 45, 16, dtype, seed=3)
+    args = (6, 2, 2, 0.3)
+    out, lse = torch.ops.fastrader.sparse_attn_fwd(q, k, v, *args)
+    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+    torch.library.opcheck(torch.ops.fastrader.sparse_attn_fwd.default, (qr, kr, vr, *args))
+    torch.library.opcheck(torch.ops.fastrader.sparse_attn_fwd.default, (q, k, v, *args))
+    torch.library.opcheck(torch.ops.fastrader.sparse_attn_bwd.default, (g_out, q, k, v, out, lse, *args, g_lse))
+    torch.library.opcheck(torch.ops.fastrader.sparse_attn_bwd.default, (g_out, q, k, v, out, lse, *args, None))
+
+
+@pytest.mark.parametrize("dtype", LOWP + (torch.float64,), ids=lambda t: str(t)[6:])
+def test_wrapper_autograd(dtype):
+    attention = pytest.importorskip("fastrader.attention", reason="the Python wrapper fastrader.attention is absent")
+    b, h, n, d, window, dilation, sinks = 2, 2, 123, 32, 10, 2, 2
+    q, k, v, g_out, g_lse = random_inputs(b, h, n, d, dtype, seed=5)
+    mask = allowed(n, window, dilation, sinks, "cuda")
+    scale = 1.0 / math.sqrt(d)
+
+    qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = attention.sparse_attention(qq, kk, vv, window=window, dilation=dilation, sinks=sinks)
+    dq, dk, dv = torch.autograd.grad((out * g_out).sum(), (qq, kk, vv))
+    r64 = reference_grads(q, k, v, mask, scale, g_out, None, torch.float64)
+    rlow = reference_grads(q, k, v, mask, scale, g_out, None, dtype) if dtype != torch.float64 else None
+    names = ("out", "lse", "dq", "dk", "dv")
+    ours = {"out": out.detach(), "dq": dq, "dk": dk, "dv": dv}
+    check_parity(f"wrapper,{str(dtype)[6:]}", ours, dict(zip(names, r64)),
+                 dict(zip(names, rlow)) if rlow is not None else None, dtype)
+
+    # through the lse output as well (grad_lse reaches the backward kernel)
+    qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out, lse = attention.sparse_attention_with_lse(qq, kk, vv, window=window, dilation=dilation, sinks=sinks)
+    loss = (out * g_out).sum() + (lse * g_lse).sum()
+    dq, dk, dv = torch.autograd.grad(loss, (qq, kk, vv))
+    r64 = reference_grads(q, k, v, mask, scale, g_out, g_lse, torch.float64)
+    rlow = reference_grads(q, k, v, mask, scale, g_out, g_lse, dtype) if dtype != torch.float64 else None
+    ours = {"out": out.detach(), "lse": lse.detach(), "dq": dq, "dk": dk, "dv": dv}
+    check_parity(f"wrapper+lse,{str(dtype)[6:]}", ours, dict(zip(names, r64)),
+                 dict(zip(names, rlow)) if rlow is not None else None, dtype)
