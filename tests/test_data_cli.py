@@ -129,3 +129,21 @@ def test_times_are_utc(text):
 def test_bad_times_are_config_errors(text):
     with pytest.raises(ConfigError):
         parse_time(text, name="--since")
+
+
+def test_config_file_supplies_options_and_the_command_line_wins(tmp_path, market, capsys):
+    btc = market["BTC/USDT"]
+    since, until = int(btc["timestamp"].iat[0]), int(btc["timestamp"].iat[-1]) + HOUR
+    with ExchangeServer(market) as server:
+        config = tmp_path / "fastrader.toml"
+        config.write_text(
+            f'strategy = "model"\n[data]\nexchange = "binance"\nsymbol = ["ETH/USDT"]\nsince = {since}\n'
+            f'until = {until}\napi_url = "{server.url}"\ncache_dir = "{tmp_path / "c"}"\nretry_delay = 0.01\n'
+        )
+        assert main(["download", "--config", str(config), "--no-progress"]) == 0
+        assert "ETH/USDT 1h: 3000 candles" in capsys.readouterr().out
+        assert main(["download", "--config", str(config), "--no-progress", "--symbol", "BTC/USDT"]) == 0
+        assert "BTC/USDT 1h: 4000 candles" in capsys.readouterr().out
+    config.write_text("[data]\nsymbols = 'BTC/USDT'\n")
+    assert main(["download", "--config", str(config)]) == 2
+    assert "unknown key(s) in [data]: symbols" in capsys.readouterr().err

@@ -6,10 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from fastrader.errors import FastraderError
+from fastrader.errors import ConfigError, FastraderError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="read options from a TOML file (keys like exchange, symbol, timeframe, since, until, api_url, "
+        "cache_dir, at the top level or under [data]); the command line wins",
+    )
     parser.add_argument(
         "--cache-dir",
         default=None,
@@ -17,17 +23,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _range(parser: argparse.ArgumentParser, need_since: bool = True) -> None:
+def _range(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exchange", default="binance", help="ccxt exchange id (default: binance)")
     parser.add_argument(
         "--symbol",
         action="append",
-        required=True,
-        help="market in ccxt form, e.g. BTC/USDT; repeat or comma-separate for several",
+        help="market in ccxt form, e.g. BTC/USDT; repeat or comma-separate for several (required)",
     )
     parser.add_argument("--timeframe", default="1h", help="candle length: 1m, 5m, 15m, 1h, 4h, 1d ... (default: 1h)")
     parser.add_argument(
-        "--since", required=need_since, help="first candle open time, UTC: ISO date (2021-01-01, 2021-01-01T00:00Z) or ms"
+        "--since", help="first candle open time, UTC: ISO date (2021-01-01, 2021-01-01T00:00Z) or ms (required)"
     )
     parser.add_argument("--until", default=None, help="end of the range, exclusive, same forms as --since (default: now)")
 
@@ -76,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(export)
     export.add_argument("--out", required=True, help="output file (.csv or .parquet)")
     export.add_argument("--fill-gaps", action="store_true", help="fill missing candles with flat bars at the previous close")
+    parser.subcommands = {"download": download, "info": info, "export": export}
     return parser
 
 
@@ -158,10 +164,61 @@ def cmd_info(args) -> int:
     return 1 if bad else 0
 
 
+_CONFIG_KEYS = {
+    "exchange", "symbol", "timeframe", "since", "until", "api_url", "cache_dir", "timeout", "retries", "retry_delay",
+}
+
+
+def _read_config(path: str) -> dict:
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    section = data.get("data") if isinstance(data.get("data"), dict) else None
+    if section is not None:
+        unknown = sorted(set(k.replace("-", "_") for k in section) - _CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown key(s) in [data]: {', '.join(unknown)}")
+    else:
+        # A file shared with ``fastrader.run``: take the keys that concern data, leave the rest.
+        section = {k: v for k, v in data.items() if k.replace("-", "_") in _CONFIG_KEYS}
+    return {k.replace("-", "_"): v for k, v in section.items()}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        config = _read_config(args.config)
+        # Reparse with the file's values as defaults, so the command line wins.
+        sub = parser.subcommands[args.command]
+        sub.set_defaults(**{k: v for k, v in config.items() if k != "symbol" and hasattr(args, k)})
+        given = parser.parse_args(argv)
+        if given.symbol is None and "symbol" in config:
+            symbols = config["symbol"]
+            given.symbol = [symbols] if isinstance(symbols, str) else [str(s) for s in symbols]
+        args = given
+    if args.command in ("download", "export"):
+        if not args.symbol:
+            raise ConfigError("--symbol is required (or 'symbol' in the --config file)")
+        if args.since is None:
+            raise ConfigError("--since is required (or 'since' in the --config file)")
+        for key in ("since", "until"):
+            value = getattr(args, key)
+            if value is not None and not isinstance(value, str):
+                setattr(args, key, str(value) if not hasattr(value, "isoformat") else value.isoformat())
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     commands = {"download": cmd_download, "info": cmd_info, "export": cmd_export}
     try:
+        args = _parse(argv)
         return commands[args.command](args)
     except FastraderError as exc:
         print(f"error: {exc}", file=sys.stderr)
