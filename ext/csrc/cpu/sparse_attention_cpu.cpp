@@ -71,7 +71,7 @@ template <typename T>
 FR_INLINE void softmax_row(T* s, long a_lo, long a_hi, T& m, T& l, T* o, long Dp) {
   using V = vec_t<T>;
   constexpr int VN = Simd<T>::N;
-  V mx = vsplat<T>(neg_inf<T>());
+  V mx = vsplat(neg_inf<T>());
   for (long c = a_lo; c < a_hi; c += VN) mx = vmax<T>(mx, vload(s + c));
   const T rmax = hmax<T>(mx);
   if (rmax == neg_inf<T>()) {  // every key of this chunk is masked for the row
@@ -82,10 +82,10 @@ FR_INLINE void softmax_row(T* s, long a_lo, long a_hi, T& m, T& l, T* o, long Dp
   if (m_new != m) {
     const T alpha = std::exp(m - m_new);  // 0 on the first chunk (m = -inf)
     l *= alpha;
-    const V av = vsplat<T>(alpha);
+    const V av = vsplat(alpha);
     for (long d = 0; d < Dp; d += VN) vstore(o + d, vload(o + d) * av);
   }
-  const V mv = vsplat<T>(m_new);
+  const V mv = vsplat(m_new);
   V sum = V{};
   for (long c = a_lo; c < a_hi; c += VN) {
     const V p = vexp(vload(s + c) - mv);
@@ -296,8 +296,8 @@ void bwd_scores(const Geometry& g, const Chunk& ch, const int64_t* pos, const in
       T* p = Pg + rr * ld;
       T* ds = Dg + rr * ld;
       mask_row(g, ch, pos[g0 + rr], lo[rr], hi[rr], a_lo, a_hi, p);
-      const V lv = vsplat<T>(sc.lse[g0 + rr]);
-      const V dv = vsplat<T>(sc.delta[g0 + rr]);
+      const V lv = vsplat(sc.lse[g0 + rr]);
+      const V dv = vsplat(sc.delta[g0 + rr]);
       for (long c = a_lo; c < a_hi; c += VN) {
         const V pv = vexp(vload(p + c) - lv);
         vstore(p + c, pv);

@@ -10,10 +10,20 @@
 namespace fastrader {
 namespace cpu {
 
+// GCC otherwise folds the B loads into every FMA as a memory operand, i.e.
+// reloads them MR times, which makes the loop load-bound.
+template <typename V>
+FR_INLINE void keep_in_register(V& v) {
+#if defined(__AVX__)
+  asm("" : "+x"(v));
+#else
+  (void)v;
+#endif
+}
+
 // C[r, n] (+)= sum_{k in [k0,k1)} A[r*ars + k*acs] * B[k*ldb + n]
 // for r < MR and n in [n0, n1); n0 and n1 are multiples of the vector width.
-// MR rows x 2 vectors of accumulators (8 ymm for MR=4) leave room for the B
-// loads and the broadcast, so the loop is FMA-bound rather than load-bound.
+// MR rows x 2 vectors of accumulators; see kMR.
 template <typename T, int MR, bool ACC>
 FR_INLINE void tile(const T* A, long ars, long acs, const T* B, long ldb, long k0, long k1, long n0,
                     long n1, T* C, long ldc) {
@@ -32,10 +42,12 @@ FR_INLINE void tile(const T* A, long ars, long acs, const T* B, long ldb, long k
       }
     }
     for (long k = k0; k < k1; ++k) {
-      const V b0 = vload(B + k * ldb + n);
-      const V b1 = vload(B + k * ldb + n + VN);
+      V b0 = vload(B + k * ldb + n);
+      V b1 = vload(B + k * ldb + n + VN);
+      keep_in_register(b0);
+      keep_in_register(b1);
       for (int r = 0; r < MR; ++r) {
-        const V a = vsplat<T>(A[r * ars + k * acs]);
+        const V a = vsplat(A[r * ars + k * acs]);
         c0[r] += a * b0;
         c1[r] += a * b1;
       }
@@ -50,18 +62,20 @@ FR_INLINE void tile(const T* A, long ars, long acs, const T* B, long ldb, long k
     for (int r = 0; r < MR; ++r) c0[r] = ACC ? vload(C + r * ldc + n) : V{};
     for (long k = k0; k < k1; ++k) {
       const V b0 = vload(B + k * ldb + n);
-      for (int r = 0; r < MR; ++r) c0[r] += vsplat<T>(A[r * ars + k * acs]) * b0;
+      for (int r = 0; r < MR; ++r) c0[r] += vsplat(A[r * ars + k * acs]) * b0;
     }
     for (int r = 0; r < MR; ++r) vstore(C + r * ldc + n, c0[r]);
   }
 }
 
-constexpr int kMR = 4;  // rows per register block
+constexpr int kMR = 6;  // rows per register block: 12 accumulators + 2 B + 1 broadcast = 15 ymm
 
 template <typename T, bool ACC>
 FR_INLINE void tile_rows(int mr, const T* A, long ars, long acs, const T* B, long ldb, long k0,
                          long k1, long n0, long n1, T* C, long ldc) {
   switch (mr) {
+    case 6: tile<T, 6, ACC>(A, ars, acs, B, ldb, k0, k1, n0, n1, C, ldc); break;
+    case 5: tile<T, 5, ACC>(A, ars, acs, B, ldb, k0, k1, n0, n1, C, ldc); break;
     case 4: tile<T, 4, ACC>(A, ars, acs, B, ldb, k0, k1, n0, n1, C, ldc); break;
     case 3: tile<T, 3, ACC>(A, ars, acs, B, ldb, k0, k1, n0, n1, C, ldc); break;
     case 2: tile<T, 2, ACC>(A, ars, acs, B, ldb, k0, k1, n0, n1, C, ldc); break;
