@@ -190,3 +190,29 @@ def test_api_url_prefix_is_kept():
     ex = make_exchange("binance", api_url="http://127.0.0.1:9/mirror/")
     assert ex.urls["api"]["public"] == "http://127.0.0.1:9/mirror/api/v3"
     assert ex.urls["api"]["fapiPublic"] == "http://127.0.0.1:9/mirror/fapi/v1"
+
+
+def test_okx_windows_newest_first_pages_faults_and_a_long_outage(tmp_path):
+    """A second exchange with another page shape: OKX pages are newest-first windows between before/after."""
+    frame = random_candles(5_000, seed=8, start_ms=1_577_836_800_000)
+    outage = list(range(1000, 1700))  # longer than a 300-candle window: whole pages come back empty
+    frame = frame.drop(index=outage + [3000]).reset_index(drop=True)
+    with ExchangeServer(frame, exchange="okx", fault_rate=0.2, seed=4, timeout_delay_s=1.0, retry_after_s=1) as server:
+        result = fetch_history(
+            "okx", "BTC/USDT", "1h", int(frame["timestamp"].iat[0]), int(frame["timestamp"].iat[-1]) + HOUR,
+            cache_dir=tmp_path, api_url=server.url, progress=False, retry=RetryPolicy(**FAST), timeout_ms=400,
+        )
+        reference = server.candles()
+        faults = list(server.faults)
+        candle_paths = {p for p, _ in server.requests if "candles" in p}
+        windows = sorted({(int(q["before"]) + 1, int(q["after"])) for p, q in server.requests if "candles" in p})
+    np.testing.assert_array_equal(result.candles.to_numpy(), reference.to_numpy())
+    assert candle_paths == {"/api/v5/market/history-candles"}
+    assert result.stats.retries == len(faults) > 0
+    assert result.stats.slept_s >= faults.count("429") * 1.0  # OKX's 429 Retry-After honoured too
+    # The windows asked for tile the history with no hole, each 300 candles wide, each asked once.
+    assert result.stats.pages == len(windows)
+    assert windows[0][0] == frame["timestamp"].iat[0] and windows[-1][1] > frame["timestamp"].iat[-1]
+    assert all(b - a == 300 * HOUR for a, b in windows)
+    assert all(nxt[0] <= prev[1] for prev, nxt in zip(windows, windows[1:]))
+    assert [(g.start, g.missing) for g in result.gaps.gaps] == _reference_gaps(frame["timestamp"].to_numpy(), HOUR)

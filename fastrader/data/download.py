@@ -28,6 +28,13 @@ from fastrader.data.timeframes import format_ms, now_ms as _now_ms
 from fastrader.errors import ExchangeError
 
 _DEFAULT_PAGE_LIMIT = 500
+# Where ccxt's ``until`` param only bounds a page that still starts at ``since``.
+# Elsewhere it can move the page instead (on OKX it becomes ``after``, and the
+# exchange answers with the candles just before ``until``), so it is not sent.
+_UNTIL_BOUNDS_PAGE = {"binance", "binanceus", "binanceusdm", "binancecoinm"}
+# Exchanges whose pages are fixed time windows (ccxt asks [since, since + limit
+# timeframes)): an empty page is a quiet window, not the end of the history.
+_WINDOW_PAGES = {"okx"}
 
 PageCallback = Callable[[pd.DataFrame, int], None]
 
@@ -121,7 +128,8 @@ def download_candles(
     end = min(until, now - tf + 1)
     # Asking for an end time only when it is in the past lets a server that
     # sends the still-open candle do so; we drop it below either way.
-    params = {"until": end - 1} if until <= now - tf + 1 else {}
+    params = {"until": end - 1} if until <= now - tf + 1 and exchange.id in _UNTIL_BOUNDS_PAGE else {}
+    windowed = exchange.id in _WINDOW_PAGES
 
     pages: list[np.ndarray] = []
     cursor = since
@@ -136,6 +144,13 @@ def download_candles(
             stats=stats,
         )
         stats.pages += 1
+        if len(raw_page) == 0 and windowed and cursor + limit * tf < end:
+            # A window without trading (an outage, or before the listing): skip it.
+            cursor += limit * tf
+            covered_end = cursor
+            if on_page is not None:
+                on_page(empty_candles(), covered_end)
+            continue
         if len(raw_page) == 0:
             covered_end = end  # nothing exists from cursor up to the end
             if on_page is not None:

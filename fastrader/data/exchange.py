@@ -166,7 +166,8 @@ def call_with_retry(exchange, fn: Callable, what: str, *, policy: RetryPolicy, s
                     f"{exchange.id}: {what} still failing after {attempt + 1} attempts "
                     f"({kind}: {_one_line(exc)})"
                 ) from None
-            retry_after = _retry_after(exchange) if isinstance(exc, ccxt.DDoSProtection) else None
+            # Headers were cleared before the call, so any Retry-After is this answer's.
+            retry_after = _retry_after(exchange)
             wait = policy.delay(attempt, retry_after)
             stats.retries += 1
             stats.slept_s += wait

@@ -1,4 +1,4 @@
-"""A local fake of Binance's public spot REST API, with faults on request.
+"""A local fake of Binance's (and OKX's) public spot REST API, with faults on request.
 
 No exchange is reachable from CI, so tests point the real ccxt client at this
 server (through the API URL override) instead of mocking ccxt. It serves
@@ -67,10 +67,42 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 500
 
 
-def _market_id(symbol: str) -> tuple[str, str, str]:
-    """'BTC/USDT' -> ('BTCUSDT', 'BTC', 'USDT')."""
+OKX_BARS_MS = {
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1H": 3_600_000,
+    "2H": 7_200_000,
+    "4H": 14_400_000,
+    "6H": 21_600_000,
+    "12H": 43_200_000,
+    "1D": 86_400_000,
+    "1W": 604_800_000,
+}
+OKX_BARS_MS.update({k + "utc": v for k, v in list(OKX_BARS_MS.items()) if v >= 21_600_000})
+OKX_MAX_LIMIT = 300
+OKX_DEFAULT_LIMIT = 100
+OKX_RECENT = 1440  # /market/candles only serves this many recent candles; older ones need history-candles
+
+
+def _market_id(symbol: str, exchange: str = "binance") -> tuple[str, str, str]:
+    """'BTC/USDT' -> ('BTCUSDT', 'BTC', 'USDT') on Binance, ('BTC-USDT', ...) on OKX."""
     base, quote = symbol.split("/")
-    return base + quote, base, quote
+    return (f"{base}-{quote}" if exchange == "okx" else base + quote), base, quote
+
+
+def _okx_instrument(inst_id: str, base: str, quote: str) -> dict:
+    # The fields ccxt's okx.parse_market reads, in OKX's own shape (strings throughout).
+    return {
+        "instType": "SPOT", "instId": inst_id, "uly": "", "instFamily": "", "baseCcy": base, "quoteCcy": quote,
+        "settleCcy": "", "ctValCcy": "", "optType": "", "stk": "", "listTime": "1548133413000", "expTime": "",
+        "lever": "10", "tickSz": "0.1", "lotSz": "0.00000001", "minSz": "0.00001", "ctVal": "", "ctMult": "",
+        "ctType": "", "alias": "", "state": "live", "maxLmtSz": "9999999999", "maxMktSz": "1000000",
+        "maxLmtAmt": "20000000", "maxMktAmt": "1000000", "maxTwapSz": "9999999999", "maxIcebergSz": "9999999999",
+        "maxTriggerSz": "9999999999", "maxStopSz": "1000000", "ruleType": "normal", "instIdCode": 1,
+    }
 
 
 def _symbol_info(market_id: str, base: str, quote: str) -> dict:
@@ -133,7 +165,11 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 
 
 class ExchangeServer:
-    """A threaded HTTP server on 127.0.0.1 speaking Binance's spot kline API.
+    """A threaded HTTP server on 127.0.0.1 speaking Binance's (or OKX's) spot candle API.
+
+    ``exchange`` picks the dialect: 'binance' (``/api/v3/...``, forward pages
+    from ``startTime``) or 'okx' (``/api/v5/...``, newest-first pages between
+    ``before`` and ``after``, string fields, ``{"code": "0", "data": [...]}``).
 
     ``candles`` maps a unified symbol ('BTC/USDT') to a frame in the ccxt
     layout, or is a single frame served as ``symbol``; it is served at
@@ -150,6 +186,7 @@ class ExchangeServer:
         *,
         symbol: str = "BTC/USDT",
         interval: str = "1h",
+        exchange: str = "binance",
         extra_symbols: tuple[str, ...] = ("ETH/USDT",),
         now_ms: int | None = None,
         open_candle: bool = False,
@@ -165,10 +202,13 @@ class ExchangeServer:
     ):
         if interval not in BINANCE_INTERVALS_MS:
             raise ValueError(f"unsupported interval {interval}")
+        if exchange not in ("binance", "okx"):
+            raise ValueError(f"unsupported exchange dialect {exchange}")
+        self.exchange = exchange
         frames = candles if isinstance(candles, dict) else {symbol: candles}
         self.interval = interval
-        self.series = {_market_id(s)[0]: _Series(f, BINANCE_INTERVALS_MS[interval]) for s, f in frames.items()}
-        self.markets = [_market_id(s) for s in list(frames) + [s for s in extra_symbols if s not in frames]]
+        self.series = {_market_id(s, exchange)[0]: _Series(f, BINANCE_INTERVALS_MS[interval]) for s, f in frames.items()}
+        self.markets = [_market_id(s, exchange) for s in list(frames) + [s for s in extra_symbols if s not in frames]]
         self.now_ms = now_ms
         self.open_candle = open_candle
         self.fault_rate = fault_rate
@@ -199,7 +239,7 @@ class ExchangeServer:
 
     def candles(self, symbol: str = "BTC/USDT") -> pd.DataFrame:
         """The closed candles this server holds for ``symbol``, as served (8 decimals)."""
-        s = self.series[_market_id(symbol)[0]]
+        s = self.series[_market_id(symbol, self.exchange)[0]]
         now = self._now()
         keep = s.ts + s.interval_ms <= now
         frame = pd.DataFrame(s.values[keep], columns=["open", "high", "low", "close", "volume"])
@@ -215,7 +255,8 @@ class ExchangeServer:
 
     @property
     def kline_requests(self) -> int:
-        return sum(1 for path, _ in self.requests if path.endswith("/klines"))
+        """Candle requests answered so far (klines on Binance, candles on OKX)."""
+        return sum(1 for path, _ in self.requests if path.endswith(("/klines", "candles")))
 
     def start(self) -> "ExchangeServer":
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -266,12 +307,20 @@ class ExchangeServer:
                 if overflow:
                     # A client stuck in a loop must fail the test, not hang it.
                     return self._json(503, {"code": -1008, "msg": "test server request budget exhausted"})
-                routes = {
-                    "/api/v3/ping": lambda q: self._json(200, {}),
-                    "/api/v3/time": lambda q: self._json(200, {"serverTime": server._now()}),
-                    "/api/v3/exchangeInfo": self._exchange_info,
-                    "/api/v3/klines": self._klines,
-                }
+                if server.exchange == "okx":
+                    routes = {
+                        "/api/v5/public/time": lambda q: self._json(200, {"code": "0", "msg": "", "data": [{"ts": str(server._now())}]}),
+                        "/api/v5/public/instruments": self._okx_instruments,
+                        "/api/v5/market/candles": lambda q: self._okx_candles(q, history=False),
+                        "/api/v5/market/history-candles": lambda q: self._okx_candles(q, history=True),
+                    }
+                else:
+                    routes = {
+                        "/api/v3/ping": lambda q: self._json(200, {}),
+                        "/api/v3/time": lambda q: self._json(200, {"serverTime": server._now()}),
+                        "/api/v3/exchangeInfo": self._exchange_info,
+                        "/api/v3/klines": self._klines,
+                    }
                 route = routes.get(parsed.path)
                 if route is None:
                     return self._raw(404, b"<html><body><h1>404 Not Found</h1></body></html>", "text/html")
@@ -324,33 +373,111 @@ class ExchangeServer:
                     },
                 )
 
-            def _klines(self, query):
+            def _take_fault(self) -> str | None:
                 fault = server._next_fault()
                 if fault is not None:
                     with server._lock:
                         server.faults.append(fault)
+                return fault
+
+            def _send_fault(self, fault: str | None) -> bool:
+                """Answer with ``fault`` if it replaces the normal answer; True when sent."""
+                okx = server.exchange == "okx"
                 if fault == "429":
-                    return self._json(
-                        429,
-                        {"code": -1003, "msg": "Too many requests; current limit of IP is 6000 requests per minute."},
-                        headers={"Retry-After": str(server.retry_after_s)},
+                    body = (
+                        {"code": "50011", "msg": "Too Many Requests", "data": []}
+                        if okx
+                        else {"code": -1003, "msg": "Too many requests; current limit of IP is 6000 requests per minute."}
                     )
-                if fault == "5xx":
+                    self._json(429, body, headers={"Retry-After": str(server.retry_after_s)})
+                elif fault == "5xx":
                     status = server._rng.choice([500, 502, 503, 504])
                     body = f"<html><body><h1>{status} Server Error</h1></body></html>".encode()
-                    return self._raw(status, body, "text/html")
-                if fault == "timeout":
-                    # Hold the answer past the client's timeout; bounded, and
-                    # released at shutdown.
+                    self._raw(status, body, "text/html")
+                elif fault == "timeout":
+                    # Hold the answer past the client's timeout; bounded, and released at shutdown.
                     server._stop.wait(server.timeout_delay_s)
                     self.close_connection = True
+                elif fault == "bad_symbol":
+                    if okx:
+                        self._json(400, {"code": "51001", "msg": "Instrument ID does not exist.", "data": []})
+                    else:
+                        self._error(400, -1121, "Invalid symbol.")
+                elif fault == "bad_interval":
+                    if okx:
+                        self._json(400, {"code": "51000", "msg": "Parameter bar error", "data": []})
+                    else:
+                        self._error(400, -1120, "Invalid interval.")
+                elif fault == "auth":
+                    if okx:
+                        self._json(401, {"code": "50113", "msg": "Invalid Sign", "data": []})
+                    else:
+                        self._error(401, -2015, "Invalid API-key, IP, or permissions for action.")
+                else:
+                    return False
+                return True
+
+            def _okx_instruments(self, query):
+                if query.get("instType", "").upper() != "SPOT":
+                    return self._json(200, {"code": "0", "msg": "", "data": []})
+                data = [_okx_instrument(*m) for m in server.markets]
+                self._json(200, {"code": "0", "msg": "", "data": data})
+
+            def _okx_candles(self, query, history: bool):
+                fault = self._take_fault()
+                if self._send_fault(fault):
                     return None
-                if fault == "bad_symbol":
-                    return self._error(400, -1121, "Invalid symbol.")
-                if fault == "bad_interval":
-                    return self._error(400, -1120, "Invalid interval.")
-                if fault == "auth":
-                    return self._error(401, -2015, "Invalid API-key, IP, or permissions for action.")
+                okx_error = lambda code, msg: self._json(400, {"code": code, "msg": msg, "data": []})  # noqa: E731
+                series = server.series.get(query.get("instId", ""))
+                if "instId" not in query:
+                    return okx_error("50014", "Parameter instId can not be empty.")
+                if series is None:
+                    return okx_error("51001", "Instrument ID does not exist.")
+                bar = query.get("bar", "1m")
+                if bar not in OKX_BARS_MS:
+                    return okx_error("51000", "Parameter bar error")
+                try:
+                    limit = int(query.get("limit", OKX_DEFAULT_LIMIT))
+                    after = int(query["after"]) if "after" in query else None
+                    before = int(query["before"]) if "before" in query else None
+                except ValueError:
+                    return okx_error("51000", "Parameter after error")
+                if not 1 <= limit <= OKX_MAX_LIMIT:
+                    return okx_error("51000", "Parameter limit error")
+                if OKX_BARS_MS[bar] != series.interval_ms:
+                    return self._json(200, {"code": "0", "msg": "", "data": []})
+                if server.page_delay_s:
+                    server._stop.wait(server.page_delay_s)
+                now = server._now()
+                step = series.interval_ms
+                n_exist = int(np.searchsorted(series.ts, now, side="right"))
+                first = 0 if history else max(0, n_exist - OKX_RECENT)
+                ts, values = series.ts[:n_exist], series.values[:n_exist]
+                # Strictly between ``before`` and ``after``; the newest ``limit`` of them, newest first.
+                lo = first if before is None else max(first, int(np.searchsorted(ts, before, side="right")))
+                hi = n_exist if after is None else int(np.searchsorted(ts, after, side="left"))
+                if fault == "overlap" and before is not None:
+                    lo = max(first, lo - server.overlap)
+                lo = max(lo, hi - limit)
+                rows = []
+                for i in range(hi - 1, lo - 1, -1):
+                    o, h, low, c, v = values[i]
+                    is_open = ts[i] + step > now
+                    if is_open and not server.open_candle:
+                        continue
+                    if is_open:
+                        c = round(c * (1 + server._rng.uniform(-0.01, 0.01)), 8)
+                        h, low = max(h, c), min(low, c)
+                    rows.append(
+                        [str(int(ts[i])), f"{o:.8f}", f"{h:.8f}", f"{low:.8f}", f"{c:.8f}", f"{v:.8f}",
+                         f"{v * c:.8f}", f"{v * c:.8f}", "0" if is_open else "1"]
+                    )
+                self._json(200, {"code": "0", "msg": "", "data": rows}, cut=(fault == "disconnect"))
+
+            def _klines(self, query):
+                fault = self._take_fault()
+                if self._send_fault(fault):
+                    return None
 
                 series = server.series.get(query.get("symbol", ""))
                 if "symbol" not in query:
@@ -427,9 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", default="1h")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--exchange", choices=["binance", "okx"], default="binance")
     args = parser.parse_args(argv)
     server = ExchangeServer(
-        load_candles(args.csv), symbol=args.symbol, interval=args.interval, fault_rate=args.fault_rate, port=args.port
+        load_candles(args.csv), symbol=args.symbol, interval=args.interval, fault_rate=args.fault_rate, port=args.port,
+        exchange=args.exchange,
     )
     print(f"serving {args.symbol} {args.interval} at {server.url}", flush=True)
     server.start()
