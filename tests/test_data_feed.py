@@ -101,3 +101,25 @@ def test_several_symbols_in_one_run():
     rows = cerebro.run()[0].rows
     assert [r[4] for r in rows["BTC/USDT"]] == a["close"].tolist()
     assert [r[4] for r in rows["ETH/USDT"]] == b["close"].tolist()
+
+
+def test_two_symbols_downloaded_and_fed_together(tmp_path):
+    from fastrader.data import load_histories
+    from fastrader.testing.exchange_server import ExchangeServer
+
+    hour = 3_600_000
+    start = 1_600_000_000_000 - 1_600_000_000_000 % hour
+    market = {"BTC/USDT": random_candles(600, seed=61, start_ms=start), "ETH/USDT": random_candles(600, seed=62, start_ms=start)}
+    with ExchangeServer(market) as server:
+        frames = load_histories(
+            "binance", "BTC/USDT,ETH/USDT", "1h", start, start + 600 * hour, cache_dir=tmp_path, api_url=server.url, progress=False
+        )
+        refs = {s: server.candles(s) for s in market}
+    assert list(frames) == ["BTC/USDT", "ETH/USDT"]
+    cerebro = bt.Cerebro(stdstats=False)
+    add_feeds(cerebro, frames)
+    cerebro.addstrategy(Recorder)
+    rows = cerebro.run()[0].rows
+    for symbol, ref in refs.items():
+        assert [r[4] for r in rows[symbol]] == ref["close"].tolist()
+        assert [r[0] for r in rows[symbol]] == [_utc(t) for t in ref["timestamp"]]

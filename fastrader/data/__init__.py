@@ -10,7 +10,7 @@ from fastrader.data.candles import COLUMNS, validate_candles
 from fastrader.data.feed import CandleFeed, add_feeds, infer_timeframe, make_feed
 from fastrader.data.files import load_candles
 from fastrader.data.gaps import fill_gaps, find_gaps
-from fastrader.data.history import HistoryResult, fetch_history, load_history
+from fastrader.data.history import HistoryResult, fetch_history, load_histories, load_history
 from fastrader.data.timeframes import parse_time, timeframe_ms
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "find_gaps",
     "infer_timeframe",
     "load_candles",
+    "load_histories",
     "load_history",
     "make_feed",
     "parse_time",

@@ -160,3 +160,13 @@ def _progress_bar(enabled: bool, key: CacheKey, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=f"{key.exchange} {key.symbol} {key.timeframe}", unit="candles", file=sys.stderr)
+
+
+def load_histories(exchange: str, symbols, timeframe: str, since, until=None, **kwargs) -> dict[str, pd.DataFrame]:
+    """:func:`load_history` for several symbols: {symbol: candles}, in the order given.
+
+    Feed the result to :func:`fastrader.data.add_feeds` for a multi-symbol run.
+    """
+    if isinstance(symbols, str):
+        symbols = [s for s in symbols.split(",") if s.strip()]
+    return {_normalise_symbol(s): load_history(exchange, s, timeframe, since, until, **kwargs) for s in symbols}
