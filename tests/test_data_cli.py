@@ -147,3 +147,14 @@ def test_config_file_supplies_options_and_the_command_line_wins(tmp_path, market
     config.write_text("[data]\nsymbols = 'BTC/USDT'\n")
     assert main(["download", "--config", str(config)]) == 2
     assert "unknown key(s) in [data]: symbols" in capsys.readouterr().err
+
+
+def test_unusable_cache_dir_and_unknown_exchange_are_one_line_errors(tmp_path, capsys):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    code = main(["download", "--symbol", "BTC/USDT", "--since", "2021-01-01", "--cache-dir", str(blocker), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("error: cannot use cache directory")
+    code = main(["download", "--exchange", "binanse", "--symbol", "BTC/USDT", "--since", "2021-01-01", "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("error: unknown exchange 'binanse' (did you mean binance")

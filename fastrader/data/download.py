@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fastrader.data.candles import COLUMNS, empty_candles
-from fastrader.data.exchange import RequestStats, RetryPolicy, call_with_retry
+from fastrader.data.exchange import RequestStats, RetryPolicy, _ccxt, call_with_retry
 from fastrader.data.timeframes import format_ms, now_ms as _now_ms
 from fastrader.errors import ExchangeError
 
@@ -87,7 +87,7 @@ def check_symbol(exchange, symbol: str) -> None:
 
 def _to_page(raw, exchange, what: str) -> np.ndarray:
     """ccxt rows -> float array (n, 6); a malformed body counts as a bad response."""
-    ccxt = __import__("ccxt")
+    ccxt = _ccxt()
     if not isinstance(raw, list):
         raise ccxt.BadResponse(f"{exchange.id} {what}: expected a list of candles, got {type(raw).__name__}")
     try:

@@ -555,10 +555,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--exchange", choices=["binance", "okx"], default="binance")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    parser.add_argument("--timeout-delay", type=float, default=2.0, help="seconds a 'timeout' fault holds the answer")
+    parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with 429")
     args = parser.parse_args(argv)
     server = ExchangeServer(
         load_candles(args.csv), symbol=args.symbol, interval=args.interval, fault_rate=args.fault_rate, port=args.port,
-        exchange=args.exchange,
+        exchange=args.exchange, seed=args.seed, timeout_delay_s=args.timeout_delay, retry_after_s=args.retry_after,
     )
     print(f"serving {args.symbol} {args.interval} at {server.url}", flush=True)
     server.start()
@@ -566,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        pass
+    finally:
         server.stop()
+        print(f"{len(server.requests)} requests, {len(server.faults)} faults injected", flush=True)
     return 0
 
 
