@@ -121,9 +121,9 @@ def backtest_start(cfg: RunConfig, df: pd.DataFrame, train: dict) -> tuple[int, 
             raise DataError("the data ends inside the model's training range; nothing is left to backtest out of sample")
         when = datetime.fromtimestamp(ts[i] / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
         return i, f"backtest starts {when} UTC, after the model's training range (out of sample)"
-    from .timeparse import parse_time_ms
+    from .data import parse_time
 
-    start_ms = parse_time_ms(cfg.start, "--start")
+    start_ms = parse_time(cfg.start, name="--start")
     i = int(np.searchsorted(ts, start_ms, side="left"))
     if i >= len(ts):
         raise ConfigError(f"--start {cfg.start} is after the last bar of the data")

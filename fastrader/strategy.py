@@ -47,10 +47,11 @@ class ModelSignal(bt.Indicator):
 
 
 class ModelStrategy(bt.Strategy):
-    """Long/short on the model's signal: +stake above threshold, -stake below -threshold."""
+    """Long/short on the model's signal: +stake above threshold, -stake below -threshold, with hysteresis."""
 
     params = dict(
-        threshold=0.5,  # in units of the signal's training-period scale
+        threshold=0.5,  # enter when |signal| exceeds this (units of the training-period signal scale)
+        exit_threshold=0.0,  # hold a position until the signal falls back through this (hysteresis)
         allow_short=True,
         stake=0.95,  # fraction of equity per full position (leaves room for fees)
         stream=False,  # True: compute signals bar by bar with ModelSignal
@@ -68,11 +69,21 @@ class ModelStrategy(bt.Strategy):
 
     # ---- the part users override -------------------------------------------------
     def target(self, signal: float) -> float:
-        """Desired position as a fraction of equity in [-1, 1]; 0 when unsure."""
+        """Desired position as a fraction of equity in [-1, 1]; 0 when unsure.
+
+        Enter beyond +/-threshold; once in, hold while the signal stays on the
+        position's side of exit_threshold. The band between the two saves the
+        fees of flipping in and out on noise.
+        """
         if signal > self.p.threshold:
             return 1.0
         if self.p.allow_short and signal < -self.p.threshold:
             return -1.0
+        cur = self._current_target
+        if cur > 0 and signal > self.p.exit_threshold:
+            return cur
+        if cur < 0 and signal < -self.p.exit_threshold:
+            return cur
         return 0.0
 
     # ---- Backtrader plumbing ----------------------------------------------------------

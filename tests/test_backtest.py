@@ -16,7 +16,7 @@ from fastrader.strategy import ModelStrategy
 from fastrader.testing.candles import random_candles
 
 
-def simulate(df, signal, threshold, stake, cash, comm, slip):
+def simulate(df, signal, threshold, stake, cash, comm, slip, exit_threshold=0.0):
     o, h, l, c = (df[k].to_numpy() for k in ("open", "high", "low", "close"))
     pos, equity, pending, cur = 0.0, [], None, 0.0
     for t in range(len(df)):
@@ -27,7 +27,16 @@ def simulate(df, signal, threshold, stake, cash, comm, slip):
             pos += delta
             pending = None
         s = signal[t]
-        tgt = 0.0 if np.isnan(s) else (1.0 if s > threshold else (-1.0 if s < -threshold else 0.0))
+        if np.isnan(s):
+            tgt = 0.0
+        elif s > threshold:
+            tgt = 1.0
+        elif s < -threshold:
+            tgt = -1.0
+        elif (cur > 0 and s > exit_threshold) or (cur < 0 and s < -exit_threshold):
+            tgt = cur  # hysteresis: hold until the signal crosses back
+        else:
+            tgt = 0.0
         value = cash + pos * c[t]
         if tgt != cur:
             pending = -pos if tgt == 0 else (value * tgt * stake) / c[t] - pos

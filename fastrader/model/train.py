@@ -31,7 +31,7 @@ from .transformer import CausalTransformer, ModelConfig
 @dataclass
 class TrainConfig:
     train_frac: float = 0.6  # first 60% of bars are the training range
-    horizon: int = 4  # bars ahead the target looks
+    horizon: int = 24  # bars ahead the target looks (a day: longer than the cost of a round trip)
     vol_window: int = 168  # bars in the volatility estimate (one week of hours)
     seq_len: int = 512
     batch_size: int = 16
@@ -102,7 +102,7 @@ def train(df: pd.DataFrame, cfg: TrainConfig, spec: FeatureSpec | None = None, p
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 10 == 0:
             it.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
     seconds = time.perf_counter() - t0
