@@ -33,6 +33,7 @@ import argparse
 import collections
 import json
 import random
+import signal
 import threading
 import time
 import sys
@@ -564,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
         exchange=args.exchange, seed=args.seed, timeout_delay_s=args.timeout_delay, retry_after_s=args.retry_after,
     )
     print(f"serving {args.symbol} {args.interval} at {server.url}", flush=True)
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # A server started in the background has SIGINT ignored; let SIGTERM end it cleanly too.
+    signal.signal(signal.SIGTERM, _stop)
     server.start()
     try:
         while True:
