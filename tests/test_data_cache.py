@@ -173,3 +173,9 @@ def test_killed_download_resumes_to_the_identical_data_set(tmp_path):
     assert killed_at >= 15
     assert not list(cache.glob("binance/.*.tmp")), "stale temp files are cleared on the next run"
     assert store.read(KEY).covered == [(since, until)]
+
+
+def test_month_and_minute_entries_never_share_a_file(tmp_path):
+    store = ParquetStore(tmp_path)
+    minute, month = store.path(CacheKey("binance", "BTC/USDT", "1m")), store.path(CacheKey("binance", "BTC/USDT", "1M"))
+    assert minute.name.lower() != month.name.lower()

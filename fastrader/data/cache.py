@@ -50,7 +50,9 @@ class CacheKey:
     def filename(self) -> str:
         # 'BTC/USDT:USDT' -> 'BTC_USDT-USDT'; only safe characters reach the file system.
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.symbol.replace("/", "_").replace(":", "-"))
-        return f"{safe}-{self.timeframe}.parquet"
+        # '1M' (month) and '1m' (minute) must not share a file on case-insensitive file systems.
+        timeframe = self.timeframe[:-1] + "mo" if self.timeframe.endswith("M") else self.timeframe
+        return f"{safe}-{timeframe}.parquet"
 
     def __str__(self) -> str:
         return f"{self.exchange} {self.symbol} {self.timeframe}"

@@ -120,6 +120,9 @@ def fetch_history(
                     )
             finally:
                 if bar is not None:
+                    # Gaps and the listing date make the estimate high: end the bar at what came.
+                    bar.total = bar.n
+                    bar.refresh()
                     bar.close()
 
     candles = entry.slice(since_ms, until_ms)
