@@ -16,9 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout: use its fastrader
+    sys.path.insert(0, str(ROOT))
 
 
 def window_mask(n, window, device):
