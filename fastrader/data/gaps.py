@@ -24,7 +24,8 @@ class Gap:
     missing: int  # candles missing
 
     def __str__(self) -> str:
-        return f"{format_ms(self.start)} .. {format_ms(self.end)} ({self.missing} missing)"
+        # The first missing candle and how many follow; the next present one is ``end``.
+        return f"{format_ms(self.start)} ({self.missing} missing)"
 
 
 @dataclass(frozen=True)

@@ -115,9 +115,15 @@ def fetch_history(
                             bar.update(len(page))
                             bar.set_postfix_str(f"{stats.pages} pages, {stats.retries} retries", refresh=False)
 
-                    download_candles(
+                    done = download_candles(
                         client, symbol, timeframe, start, stop, policy=retry, stats=stats, now=now, on_page=on_page
                     )
+                    if done.covered[1] < stop:
+                        warnings.append(
+                            f"{exchange_id} stopped returning {symbol} candles after {format_ms(done.covered[1])}; "
+                            "the rest of the range stays missing (rerun to retry)"
+                        )
+                        log(f"warning: {warnings[-1]}")
             finally:
                 if bar is not None:
                     # Gaps and the listing date make the estimate high: end the bar at what came.
