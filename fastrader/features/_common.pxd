@@ -14,6 +14,10 @@ ratio, which keeps results within ~1e-14 of a two-pass reference.
 
 cdef extern from "math.h" nogil:
     double NAN
+    double fabs(double)
+
+cdef extern from "stdint.h" nogil:
+    ctypedef unsigned long long uint64_t
 
 cdef extern from *:
     """
@@ -35,15 +39,45 @@ cdef extern from *:
     """
     double ta_ema_step "fastrader_ta_ema" (double avg, double x, double k) noexcept nogil
 
+cdef extern from *:
+    """
+    /* a*b + c with the product fused when the CPU has FMA. Written so that
+       a recursion avg = madd(avg, w, x*v) has one FMA on its dependency chain
+       (left to itself the compiler may fuse the other product and leave a
+       multiply plus an FMA on the chain, nearly twice the latency). */
+    static inline double fastrader_madd(double a, double b, double c) {
+    #if defined(__FMA__) || defined(__FP_FAST_FMA)
+        return __builtin_fma(a, b, c);
+    #else
+        return a * b + c;
+    #endif
+    }
+    """
+    double madd "fastrader_madd" (double a, double b, double c) noexcept nogil
+
 
 cdef inline bint finite(double x) noexcept nogil:
     # False for NaN and +-inf, without a libm call
     return x - x == 0.0
 
 
+cdef inline bint all_finite(const double* x, long a, long b) noexcept nogil:
+    """True when x[a:b] has no NaN/inf: exponent bits all ones. Integer ops,
+    so the compiler vectorises it (a float reduction it may not reorder)."""
+    cdef const uint64_t* u = <const uint64_t*>x
+    cdef uint64_t EXP = 0x7ff0000000000000ULL
+    cdef uint64_t bad = 0
+    cdef long i
+    for i in range(a, b):
+        bad |= (u[i] & EXP) == EXP
+    return bad == 0
+
+
 # ---------------------------------------------------------------- rolling sums
 cdef struct Roll:
     long n        # window length
+    double inv_n  # 1 / n
+    double inv_n1 # 1 / (n - 1)
     long run      # consecutive finite values pushed so far
     long left     # incremental updates left before the next exact recompute
     double K      # shift of the second-moment sums
@@ -55,6 +89,8 @@ cdef struct Roll:
 
 cdef inline void roll_init(Roll* r, long n) noexcept nogil:
     r.n = n
+    r.inv_n = 1.0 / n
+    r.inv_n1 = 1.0 / (n - 1) if n > 1 else NAN
     r.run = 0
     r.left = 0
     r.K = 0.0
@@ -83,67 +119,93 @@ cdef inline bint roll_same(Roll* r, double x) noexcept nogil:
     return r.same >= r.n
 
 
+cdef inline double window_sum(const double* buf, long mask, long t, long n) noexcept nogil:
+    """Sum of buf[t-n+1 .. t] (ring indices), four interleaved partial sums."""
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef long j = t - n + 1
+    while j + 3 <= t:
+        a0 += buf[j & mask]
+        a1 += buf[(j + 1) & mask]
+        a2 += buf[(j + 2) & mask]
+        a3 += buf[(j + 3) & mask]
+        j += 4
+    while j <= t:
+        a0 += buf[j & mask]
+        j += 1
+    return (a0 + a1) + (a2 + a3)
+
+
+cdef inline void window_sums2(Roll* r, const double* buf, long mask, long t, double K) noexcept nogil:
+    """Exact restart of the shifted sums over buf[t-n+1 .. t] with shift K."""
+    cdef double a0 = 0.0, a1 = 0.0, b0 = 0.0, b1 = 0.0, d, e
+    cdef long n = r.n, j = t - n + 1
+    while j + 1 <= t:
+        d = buf[j & mask] - K
+        e = buf[(j + 1) & mask] - K
+        a0 += d
+        b0 += d * d
+        a1 += e
+        b1 += e * e
+        j += 2
+    if j <= t:
+        d = buf[j & mask] - K
+        a0 += d
+        b0 += d * d
+    r.K = K
+    r.s1 = a0 + a1
+    r.s2 = b0 + b1
+
+
+cdef inline void roll_step1(Roll* r, const double* buf, long mask, long t, double x) noexcept nogil:
+    """Steady-state update of the window sum for a finite x once the window is full."""
+    cdef long n = r.n
+    if roll_same(r, x):
+        if r.left == 0:
+            r.left = n
+        r.left -= 1
+        r.s1 = x * n
+        return
+    if r.left == 0:
+        r.s1 = window_sum(buf, mask, t, n)
+        r.left = n
+    else:
+        r.s1 += x - buf[(t - n) & mask]
+    r.left -= 1
+
+
 cdef inline bint roll_push1(Roll* r, const double* buf, long mask, long t, double x) noexcept nogil:
     """Push x = buf[t & mask]; True once the last n values are finite, s1 = their sum.
 
     ``buf`` is a ring of capacity mask + 1 > n, or a whole array with mask = -1.
     A non-finite value restarts the window.
     """
-    cdef long n = r.n, j
-    cdef double s
     if not finite(x):
         roll_reset(r)
         return False
     r.run += 1
-    if roll_same(r, x) and r.run >= n:
-        if r.left == 0:
-            r.left = n
-        r.left -= 1
-        r.s1 = x * n
-        return True
-    if r.run < n:
+    if r.run < r.n:
+        roll_same(r, x)
         return False
-    if r.run == n or r.left == 0:
-        s = 0.0
-        for j in range(t - n + 1, t + 1):
-            s += buf[j & mask]
-        r.s1 = s
-        r.left = n
-    else:
-        r.s1 += x - buf[(t - n) & mask]
-    r.left -= 1
+    if r.run == r.n:
+        r.left = 0
+    roll_step1(r, buf, mask, t, x)
     return True
 
 
-cdef inline bint roll_push2(Roll* r, const double* buf, long mask, long t, double x) noexcept nogil:
-    """Like roll_push1, keeping s1 = sum(x - K) and s2 = sum((x - K)^2)."""
-    cdef long n = r.n, j
-    cdef double d, e, s1, s2, K
-    if not finite(x):
-        roll_reset(r)
-        return False
-    r.run += 1
-    if roll_same(r, x) and r.run >= n:
+cdef inline void roll_step2(Roll* r, const double* buf, long mask, long t, double x) noexcept nogil:
+    """Steady-state update of the shifted first and second moment sums."""
+    cdef long n = r.n
+    cdef double d, e
+    if roll_same(r, x):
         if r.left == 0:
             r.left = n
         r.left -= 1
         r.K = x
         r.s1 = 0.0
         r.s2 = 0.0
-        return True
-    if r.run < n:
-        return False
-    if r.run == n or r.left == 0:
-        K = x
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(t - n + 1, t + 1):
-            d = buf[j & mask] - K
-            s1 += d
-            s2 += d * d
-        r.K = K
-        r.s1 = s1
-        r.s2 = s2
+        return
+    if r.left == 0:
+        window_sums2(r, buf, mask, t, x)
         r.left = n
     else:
         d = x - r.K
@@ -151,22 +213,44 @@ cdef inline bint roll_push2(Roll* r, const double* buf, long mask, long t, doubl
         r.s1 += d - e
         r.s2 += (d - e) * (d + e)
     r.left -= 1
+
+
+cdef inline bint roll_push2(Roll* r, const double* buf, long mask, long t, double x) noexcept nogil:
+    """Like roll_push1, keeping s1 = sum(x - K) and s2 = sum((x - K)^2)."""
+    if not finite(x):
+        roll_reset(r)
+        return False
+    r.run += 1
+    if r.run < r.n:
+        roll_same(r, x)
+        return False
+    if r.run == r.n:
+        r.left = 0
+    roll_step2(r, buf, mask, t, x)
     return True
 
 
 cdef inline double roll_mean(const Roll* r) noexcept nogil:
-    return r.K + r.s1 / r.n
+    return r.K + r.s1 * r.inv_n
+
+
+cdef inline double var_pop(double s1, double s2, double inv_n) noexcept nogil:
+    cdef double m = s1 * inv_n
+    cdef double v = s2 * inv_n - m * m
+    return v if v > 0.0 else 0.0
+
+
+cdef inline double var_sample(double s1, double s2, double inv_n, double inv_n1) noexcept nogil:
+    cdef double v = (s2 - s1 * (s1 * inv_n)) * inv_n1
+    return v if v > 0.0 else 0.0
 
 
 cdef inline double roll_var_pop(const Roll* r) noexcept nogil:
-    cdef double m = r.s1 / r.n
-    cdef double v = r.s2 / r.n - m * m
-    return v if v > 0.0 else 0.0
+    return var_pop(r.s1, r.s2, r.inv_n)
 
 
 cdef inline double roll_var_sample(const Roll* r) noexcept nogil:
-    cdef double v = (r.s2 - r.s1 * (r.s1 / r.n)) / (r.n - 1)
-    return v if v > 0.0 else 0.0
+    return var_sample(r.s1, r.s2, r.inv_n, r.inv_n1)
 
 
 # --------------------------------------------------- SMA-seeded recursive means
@@ -208,7 +292,7 @@ cdef inline void smooth_reset(Smooth* m) noexcept nogil:
 cdef inline bint smooth_push(Smooth* m, double x) noexcept nogil:
     """Seed with the mean of the first n values (TA-Lib's convention), then recurse.
 
-    The recursion is written avg*a + x*b (one fused multiply-add on the
+    The recursion is written madd(avg, a, x*b) (one fused multiply-add on the
     dependency chain) instead of TA-Lib's (x - avg)*k + avg or
     (avg*(n-1) + x)/n; the difference is a few ulps and does not accumulate
     because the recursion is contractive.
@@ -220,7 +304,7 @@ cdef inline bint smooth_push(Smooth* m, double x) noexcept nogil:
             return False
         m.avg = m.total / m.n
         return True
-    m.avg = m.avg * m.a + x * m.b
+    m.avg = madd(m.avg, m.a, x * m.b)
     return True
 
 
@@ -253,16 +337,12 @@ cdef inline double rsi_value(double g, double l) noexcept nogil:
 
 
 cdef inline double true_range(double h, double l, double pc) noexcept nogil:
-    # max(high - low, |high - prev close|, |low - prev close|), as TA-Lib TRANGE
+    # max(high - low, |high - prev close|, |low - prev close|), as TA-Lib TRANGE;
+    # fabs and the max pattern compile to branch-free andpd/maxsd (the signs
+    # are random, a branch here would be mispredicted half the time)
     cdef double tr = h - l
-    cdef double a = h - pc
-    cdef double b = l - pc
-    if a < 0.0:
-        a = -a
-    if b < 0.0:
-        b = -b
-    if a > tr:
-        tr = a
-    if b > tr:
-        tr = b
+    cdef double a = fabs(h - pc)
+    cdef double b = fabs(l - pc)
+    tr = a if a > tr else tr
+    tr = b if b > tr else tr
     return tr

@@ -1,4 +1,5 @@
 # cython: language_level=3
+# distutils: extra_compile_args = -fno-math-errno
 """The fused feature engine: one pass over the bars, every feature per bar.
 
 ``compute_features`` and ``FeatureStream`` both drive the same per-bar
@@ -162,7 +163,7 @@ cdef void eng_step(Eng* E, int flags, double o, double h, double l, double c, do
                     row[col] = NAN
             elif kind == K_SMA or kind == K_CLOSE_SMA:
                 if roll_push1(&op.r1, E.C, m, t, c):
-                    x = op.r1.s1 / op.n1
+                    x = op.r1.s1 * op.r1.inv_n
                     row[col] = x if kind == K_SMA else c / x - 1.0
                 else:
                     row[col] = NAN
@@ -176,8 +177,10 @@ cdef void eng_step(Eng* E, int flags, double o, double h, double l, double c, do
                 ok = False
                 if s >= 1:
                     d = c - pc
-                    ok = smooth_push(&op.m1, d if d > 0.0 else 0.0)
-                    smooth_push(&op.m2, -d if d < 0.0 else 0.0)
+                    # loss = gain - d == max(-d, 0) exactly, and branch-free
+                    x = d if d > 0.0 else 0.0
+                    ok = smooth_push(&op.m1, x)
+                    smooth_push(&op.m2, x - d)
                 row[col] = rsi_value(op.m1.avg, op.m2.avg) if ok else NAN
             elif kind == K_ATR or kind == K_ATR_PCT:
                 if s >= 1 and smooth_push(&op.m1, true_range(h, l, pc)):

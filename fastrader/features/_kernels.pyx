@@ -1,4 +1,5 @@
 # cython: language_level=3
+# distutils: extra_compile_args = -fno-math-errno
 """Standalone indicator kernels over one float64 array (TA-Lib's indicators).
 
 Each kernel makes one pass, writes NaN during warm-up, and treats a
@@ -13,84 +14,247 @@ from libc.math cimport sqrt
 
 from fastrader.features._common cimport (
     NAN, finite, Roll, roll_init, roll_push1, roll_push2, roll_mean, roll_var_pop,
-    roll_var_sample, Smooth, ema_init, wilder_init, smooth_reset, smooth_push, ema_ta_push,
+    roll_var_sample, roll_step1, roll_step2, ta_ema_step, madd, Smooth, ema_init, wilder_init, smooth_reset, smooth_push, ema_ta_push,
     rsi_value, true_range,
 )
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    /* Per-chunk finishing passes over values the recursive loop left in the
+       output arrays. They are plain element-wise loops so the compiler can use
+       packed sqrt/div (sqrt is only vectorised without errno handling, hence
+       -fno-math-errno above; nothing here reads errno). */
+    static void fastrader_sqrt_scale(double* x, long n, double s) {
+        for (long i = 0; i < n; i++) x[i] = __builtin_sqrt(x[i]) * s;
+    }
+    /* in: up = variance, mid = mean; out: upper, middle, lower */
+    static void fastrader_bands(double* __restrict up, const double* __restrict mid, double* __restrict lo, long n, double k) {
+        for (long i = 0; i < n; i++) {
+            double w = k * __builtin_sqrt(up[i]);
+            up[i] = mid[i] + w;
+            lo[i] = mid[i] - w;
+        }
+    }
+    /* in: g = average gain, l = average loss (finite, >= 0); out: RSI, 50 when
+       both are 0. The only NaN the division can make is 0/0, fixed after: a
+       select inside the division loop would stop it from being vectorised. */
+    static void fastrader_rsi_finish(double* __restrict g, const double* __restrict l, long n) {
+        for (long i = 0; i < n; i++)
+            g[i] = 100.0 * (g[i] / (g[i] + l[i]));
+        for (long i = 0; i < n; i++)
+            g[i] = g[i] == g[i] ? g[i] : 50.0;
+    }
+    """
+    void sqrt_scale "fastrader_sqrt_scale" (double* x, long n, double s) noexcept nogil
+    void bands "fastrader_bands" (double* up, const double* mid, double* lo, long n, double k) noexcept nogil
+    void rsi_finish "fastrader_rsi_finish" (double* g, const double* l, long n) noexcept nogil
+
+
+# Loops run in chunks. Once an indicator is past its warm-up, a chunk first
+# takes a steady-state loop with no per-bar checks that also sums a sentinel
+# which any NaN/inf input turns non-finite; if it trips, the state saved at
+# the chunk start is restored and the chunk is redone by the careful per-bar
+# loop. Both loops apply the same formulas, so the numbers do not depend on
+# the path taken.
+cdef enum:
+    CH = 512
+
+
+cdef inline long chunk_end(long t, long N) noexcept nogil:
+    return t + CH if t + CH < N else N
+
 
 cdef void _sma(const double* x, long N, long n, double* out) noexcept nogil:
-    cdef Roll r
-    cdef long t
+    cdef Roll r, r0
+    cdef long t = 0, e, i
+    cdef double chk, v
     roll_init(&r, n)
-    for t in range(N):
-        if roll_push1(&r, x, -1, t, x[t]):
-            out[t] = r.s1 / n
-        else:
-            out[t] = NAN
+    while t < N:
+        e = chunk_end(t, N)
+        if r.run >= n:
+            r0 = r
+            chk = 0.0
+            for i in range(t, e):
+                v = x[i]
+                chk += v
+                roll_step1(&r, x, -1, i, v)
+                out[i] = r.s1 * r.inv_n
+            if finite(chk):
+                r.run += e - t
+                t = e
+                continue
+            r = r0
+        for i in range(t, e):
+            out[i] = r.s1 * r.inv_n if roll_push1(&r, x, -1, i, x[i]) else NAN
+        t = e
 
 
 cdef void _ema(const double* x, long N, long n, double* out) noexcept nogil:
     cdef Smooth m
-    cdef long t
-    cdef double v
+    cdef long t = 0, e, i
+    cdef double v, avg, a2, u
     ema_init(&m, n)
-    for t in range(N):
-        v = x[t]
-        if not finite(v):
-            smooth_reset(&m)
-            out[t] = NAN
-        elif smooth_push(&m, v):
-            out[t] = m.avg
-        else:
-            out[t] = NAN
+    while t < N:
+        e = chunk_end(t, N)
+        if m.cnt >= n:
+            # a NaN/inf input makes the average itself non-finite
+            # two bars per FMA on the dependency chain:
+            # avg[i+1] = a^2 avg[i-1] + (a b x[i] + b x[i+1])
+            avg = m.avg
+            a2 = m.a * m.a
+            i = t
+            while i + 1 < e:
+                u = x[i] * m.b
+                out[i] = madd(avg, m.a, u)
+                avg = madd(avg, a2, madd(m.a, u, x[i + 1] * m.b))
+                out[i + 1] = avg
+                i += 2
+            if i < e:
+                avg = madd(avg, m.a, x[i] * m.b)
+                out[i] = avg
+            if finite(avg):
+                m.avg = avg
+                t = e
+                continue
+        for i in range(t, e):
+            v = x[i]
+            if not finite(v):
+                smooth_reset(&m)
+                out[i] = NAN
+            elif smooth_push(&m, v):
+                out[i] = m.avg
+            else:
+                out[i] = NAN
+        t = e
 
 
 cdef void _rsi(const double* x, long N, long n, double* out) noexcept nogil:
     cdef Smooth g, l
-    cdef long t
-    cdef double v, d, prev = NAN
+    cdef long t = 0, e, i
+    cdef double v, d, d2, ag, al, p, chk, a2, u, u2, w, w2, prev = NAN
+    cdef double tmp[CH]
     cdef bint ok
     wilder_init(&g, n)
     wilder_init(&l, n)
-    for t in range(N):
-        v = x[t]
-        if not finite(v):
-            smooth_reset(&g)
-            smooth_reset(&l)
-            prev = NAN
-            out[t] = NAN
-            continue
-        if prev != prev:
+    while t < N:
+        e = chunk_end(t, N)
+        if g.cnt >= n and prev == prev:
+            # two bars per FMA on each chain, as in _ema; the loss averages go
+            # to tmp and a packed pass turns (gain, loss) into RSI
+            ag = g.avg
+            al = l.avg
+            a2 = g.a * g.a
+            p = prev
+            chk = 0.0
+            i = t
+            while i + 1 < e:
+                # loss = gain - d is exactly max(-d, 0); written so because the
+                # compiler turns `-d if d < 0 else 0` into a branch on a coin flip
+                d = x[i] - p
+                d2 = x[i + 1] - x[i]
+                p = x[i + 1]
+                chk += d + d2   # the max below would swallow a NaN
+                u = d if d > 0.0 else 0.0
+                u2 = d2 if d2 > 0.0 else 0.0
+                w = (u - d) * g.b
+                w2 = (u2 - d2) * g.b
+                u = u * g.b
+                u2 = u2 * g.b
+                out[i] = madd(ag, g.a, u)
+                tmp[i - t] = madd(al, g.a, w)
+                ag = madd(ag, a2, madd(g.a, u, u2))
+                al = madd(al, a2, madd(g.a, w, w2))
+                out[i + 1] = ag
+                tmp[i + 1 - t] = al
+                i += 2
+            if i < e:
+                d = x[i] - p
+                p = x[i]
+                chk += d
+                u = d if d > 0.0 else 0.0
+                ag = madd(ag, g.a, u * g.b)
+                al = madd(al, g.a, (u - d) * g.b)
+                out[i] = ag
+                tmp[i - t] = al
+            rsi_finish(out + t, tmp, e - t)
+            if finite(chk):
+                g.avg = ag
+                l.avg = al
+                prev = p
+                t = e
+                continue
+        for i in range(t, e):
+            v = x[i]
+            if not finite(v):
+                smooth_reset(&g)
+                smooth_reset(&l)
+                prev = NAN
+                out[i] = NAN
+                continue
+            if prev != prev:
+                prev = v
+                out[i] = NAN
+                continue
+            d = v - prev
             prev = v
-            out[t] = NAN
-            continue
-        d = v - prev
-        prev = v
-        ok = smooth_push(&g, d if d > 0.0 else 0.0)
-        smooth_push(&l, -d if d < 0.0 else 0.0)
-        out[t] = rsi_value(g.avg, l.avg) if ok else NAN
+            u = d if d > 0.0 else 0.0
+            ok = smooth_push(&g, u)
+            smooth_push(&l, u - d)
+            out[i] = rsi_value(g.avg, l.avg) if ok else NAN
+        t = e
 
 
 cdef void _atr(const double* h, const double* lo, const double* c, long N, long n,
                double* out) noexcept nogil:
     cdef Smooth m
-    cdef long t
-    cdef double pc = NAN
+    cdef long t = 0, e, i
+    cdef double pc = NAN, avg, p, tr, tr2, chk, a2, u
     wilder_init(&m, n)
-    for t in range(N):
-        if not (finite(h[t]) and finite(lo[t]) and finite(c[t])):
-            smooth_reset(&m)
-            pc = NAN
-            out[t] = NAN
-            continue
-        if pc != pc:
-            pc = c[t]
-            out[t] = NAN
-            continue
-        out[t] = m.avg if smooth_push(&m, true_range(h[t], lo[t], pc)) else NAN
-        pc = c[t]
+    while t < N:
+        e = chunk_end(t, N)
+        if m.cnt >= n and pc == pc:
+            # two bars per FMA on the chain, as in _ema
+            avg = m.avg
+            a2 = m.a * m.a
+            p = pc
+            chk = 0.0
+            i = t
+            while i + 1 < e:
+                tr = true_range(h[i], lo[i], p)
+                tr2 = true_range(h[i + 1], lo[i + 1], c[i])
+                p = c[i + 1]
+                chk += (tr + tr2) + (c[i] + p)   # bad high/low show in tr, closes in c
+                u = tr * m.b
+                out[i] = madd(avg, m.a, u)
+                avg = madd(avg, a2, madd(m.a, u, tr2 * m.b))
+                out[i + 1] = avg
+                i += 2
+            if i < e:
+                tr = true_range(h[i], lo[i], p)
+                p = c[i]
+                chk += tr + p
+                avg = madd(avg, m.a, tr * m.b)
+                out[i] = avg
+            if finite(chk):
+                m.avg = avg
+                pc = p
+                t = e
+                continue
+        for i in range(t, e):
+            if not (finite(h[i]) and finite(lo[i]) and finite(c[i])):
+                smooth_reset(&m)
+                pc = NAN
+                out[i] = NAN
+                continue
+            if pc != pc:
+                pc = c[i]
+                out[i] = NAN
+                continue
+            out[i] = m.avg if smooth_push(&m, true_range(h[i], lo[i], pc)) else NAN
+            pc = c[i]
+        t = e
 
 
 cdef void _macd(const double* x, long N, long fast, long slow, long sig,
@@ -100,68 +264,124 @@ cdef void _macd(const double* x, long N, long fast, long slow, long sig,
     # first `fast` closes); the signal EMA is seeded with the mean of the first
     # `sig` MACD values.
     cdef Smooth f, s, g
-    cdef long t, k = 0
-    cdef double v, m
+    cdef long t = 0, e, i, k = 0
+    cdef double v, m, ef, es, eg
     ema_init(&f, fast)
     ema_init(&s, slow)
     ema_init(&g, sig)
-    for t in range(N):
-        v = x[t]
-        if not finite(v):
-            smooth_reset(&f)
-            smooth_reset(&s)
-            smooth_reset(&g)
-            k = 0
-            line[t] = NAN
-            signal[t] = NAN
-            hist[t] = NAN
-            continue
-        if k >= slow - fast:
-            ema_ta_push(&f, v)
-        k += 1
-        if not ema_ta_push(&s, v):
-            line[t] = NAN
-            signal[t] = NAN
-            hist[t] = NAN
-            continue
-        m = f.avg - s.avg
-        line[t] = m
-        if ema_ta_push(&g, m):
-            signal[t] = g.avg
-            hist[t] = m - g.avg
-        else:
-            signal[t] = NAN
-            hist[t] = NAN
+    while t < N:
+        e = chunk_end(t, N)
+        if g.cnt >= sig:
+            # a NaN/inf input makes the EMAs themselves non-finite
+            ef = f.avg
+            es = s.avg
+            eg = g.avg
+            for i in range(t, e):
+                v = x[i]
+                ef = ta_ema_step(ef, v, f.b)
+                es = ta_ema_step(es, v, s.b)
+                m = ef - es
+                eg = ta_ema_step(eg, m, g.b)
+                line[i] = m
+                signal[i] = eg
+                hist[i] = m - eg
+            if finite(ef) and finite(es):
+                f.avg = ef
+                s.avg = es
+                g.avg = eg
+                t = e
+                continue
+        for i in range(t, e):
+            v = x[i]
+            if not finite(v):
+                smooth_reset(&f)
+                smooth_reset(&s)
+                smooth_reset(&g)
+                k = 0
+                line[i] = NAN
+                signal[i] = NAN
+                hist[i] = NAN
+                continue
+            if k >= slow - fast:
+                ema_ta_push(&f, v)
+            k += 1
+            if not ema_ta_push(&s, v):
+                line[i] = NAN
+                signal[i] = NAN
+                hist[i] = NAN
+                continue
+            m = f.avg - s.avg
+            line[i] = m
+            if ema_ta_push(&g, m):
+                signal[i] = g.avg
+                hist[i] = m - g.avg
+            else:
+                signal[i] = NAN
+                hist[i] = NAN
+        t = e
 
 
 cdef void _bbands(const double* x, long N, long n, double k, double* up, double* mid,
                   double* lo) noexcept nogil:
-    cdef Roll r
-    cdef long t
-    cdef double m, w
+    cdef Roll r, r0
+    cdef long t = 0, e, i
+    cdef double m, w, v, chk
     roll_init(&r, n)
-    for t in range(N):
-        if roll_push2(&r, x, -1, t, x[t]):
-            m = roll_mean(&r)
-            w = k * sqrt(roll_var_pop(&r))
-            up[t] = m + w
-            mid[t] = m
-            lo[t] = m - w
-        else:
-            up[t] = NAN
-            mid[t] = NAN
-            lo[t] = NAN
+    while t < N:
+        e = chunk_end(t, N)
+        if r.run >= n:
+            r0 = r
+            chk = 0.0
+            for i in range(t, e):
+                v = x[i]
+                chk += v
+                roll_step2(&r, x, -1, i, v)
+                mid[i] = roll_mean(&r)
+                up[i] = roll_var_pop(&r)
+            bands(up + t, mid + t, lo + t, e - t, k)
+            if finite(chk):
+                r.run += e - t
+                t = e
+                continue
+            r = r0
+        for i in range(t, e):
+            if roll_push2(&r, x, -1, i, x[i]):
+                m = roll_mean(&r)
+                w = k * sqrt(roll_var_pop(&r))
+                up[i] = m + w
+                mid[i] = m
+                lo[i] = m - w
+            else:
+                up[i] = NAN
+                mid[i] = NAN
+                lo[i] = NAN
+        t = e
 
 
 cdef void _stddev(const double* x, long N, long n, double nbdev, double* out) noexcept nogil:
-    cdef Roll r
-    cdef long t
+    cdef Roll r, r0
+    cdef long t = 0, e, i
+    cdef double v, chk
     roll_init(&r, n)
-    for t in range(N):
-        if roll_push2(&r, x, -1, t, x[t]):
-            out[t] = sqrt(roll_var_pop(&r)) * nbdev
-        else:
-            out[t] = NAN
+    while t < N:
+        e = chunk_end(t, N)
+        if r.run >= n:
+            r0 = r
+            chk = 0.0
+            for i in range(t, e):
+                v = x[i]
+                chk += v
+                roll_step2(&r, x, -1, i, v)
+                out[i] = roll_var_pop(&r)
+            sqrt_scale(out + t, e - t, nbdev)
+            if finite(chk):
+                r.run += e - t
+                t = e
+                continue
+            r = r0
+        for i in range(t, e):
+            out[i] = sqrt(roll_var_pop(&r)) * nbdev if roll_push2(&r, x, -1, i, x[i]) else NAN
+        t = e
 
 
 cdef void _rolling_z(const double* x, long N, long n, double* out) noexcept nogil:
