@@ -65,35 +65,54 @@ void gather_rows(const T* src, const int64_t* pos, int len, int64_t D, int64_t D
   for (long c = len; c < pad; ++c) std::fill(dst + c * Dp, dst + (c + 1) * Dp, T(0));
 }
 
-// Online-softmax update of one query row with the scores s[a_lo, a_hi)
-// (masked entries hold -inf); leaves the probabilities in s.
+// exp of n <= 8 scalars, vectorised (the per-row rescale factors of a group).
 template <typename T>
-FR_INLINE void softmax_row(T* s, long a_lo, long a_hi, T& m, T& l, T* o, long Dp) {
+FR_INLINE void exp_small(T* x) {
+  for (int i = 0; i < 8; i += Simd<T>::N) vstore(x + i, vexp(vload(x + i)));
+}
+
+// Online-softmax update of a group of mr query rows with their scores
+// S[rr*ld + a_lo .. a_hi) (masked entries hold -inf); leaves the
+// probabilities in S. Row sums are kept as vectors (Lv, VN per row) and only
+// reduced at the end, the rescale factors go through one vector exp.
+template <typename T>
+FR_INLINE void softmax_group(T* S, long ld, int mr, long a_lo, long a_hi, T* M, T* Lv, T* O, long Dp) {
   using V = vec_t<T>;
   constexpr int VN = Simd<T>::N;
-  V mx = vsplat(neg_inf<T>());
-  for (long c = a_lo; c < a_hi; c += VN) mx = vmax<T>(mx, vload(s + c));
-  const T rmax = hmax<T>(mx);
-  if (rmax == neg_inf<T>()) {  // every key of this chunk is masked for the row
-    std::fill(s + a_lo, s + a_hi, T(0));
-    return;
+  static_assert(kMR <= 8, "exp_small handles 8 rows");
+  T m_new[8], alpha[8];
+  for (int rr = 0; rr < mr; ++rr) {
+    const T* s = S + rr * ld;
+    V mx = vsplat(neg_inf<T>());
+    for (long c = a_lo; c < a_hi; c += VN) mx = vmax<T>(mx, vload(s + c));
+    const T rmax = hmax<T>(mx);
+    m_new[rr] = rmax > M[rr] ? rmax : M[rr];
+    alpha[rr] = m_new[rr] == M[rr] ? T(0) : M[rr] - m_new[rr];  // exp(0) = 1: unchanged
   }
-  const T m_new = rmax > m ? rmax : m;
-  if (m_new != m) {
-    const T alpha = std::exp(m - m_new);  // 0 on the first chunk (m = -inf)
-    l *= alpha;
-    const V av = vsplat(alpha);
-    for (long d = 0; d < Dp; d += VN) vstore(o + d, vload(o + d) * av);
+  for (int rr = mr; rr < 8; ++rr) alpha[rr] = 0;
+  exp_small(alpha);
+  for (int rr = 0; rr < mr; ++rr) {
+    T* s = S + rr * ld;
+    if (m_new[rr] == neg_inf<T>()) {  // no visible key so far: nothing to add
+      std::fill(s + a_lo, s + a_hi, T(0));
+      continue;
+    }
+    V lsum = vload(Lv + rr * VN);
+    if (alpha[rr] != T(1)) {
+      const V av = vsplat(alpha[rr]);
+      lsum *= av;
+      T* o = O + rr * Dp;
+      for (long d = 0; d < Dp; d += VN) vstore(o + d, vload(o + d) * av);
+    }
+    const V mv = vsplat(m_new[rr]);
+    for (long c = a_lo; c < a_hi; c += VN) {
+      const V p = vexp(vload(s + c) - mv);
+      vstore(s + c, p);
+      lsum += p;
+    }
+    vstore(Lv + rr * VN, lsum);
+    M[rr] = m_new[rr];
   }
-  const V mv = vsplat(m_new);
-  V sum = V{};
-  for (long c = a_lo; c < a_hi; c += VN) {
-    const V p = vexp(vload(s + c) - mv);
-    vstore(s + c, p);
-    sum += p;
-  }
-  l += hsum<T>(sum);
-  m = m_new;
 }
 
 // Sets the columns of [a_lo, a_hi) that the query may not see to -inf.
@@ -115,7 +134,7 @@ template <typename T>
 struct FwdScratch {
   std::vector<T> q, o, m, l, s, kt, v;
   explicit FwdScratch(int64_t Dp)
-      : q(kBQ * Dp), o(kBQ * Dp), m(kBQ), l(kBQ), s(kBQ * kBK), kt(Dp * kBK), v(kBK * Dp) {}
+      : q(kBQ * Dp), o(kBQ * Dp), m(kBQ), l(kBQ * Simd<T>::N), s(kBQ * kBK), kt(Dp * kBK), v(kBK * Dp) {}
 };
 
 // One block of query rows t in [t0, t1) of residue class r; pointers are at
@@ -135,7 +154,7 @@ void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T*
   }
   std::fill(O, O + nrows * Dp, T(0));
   std::fill(M, M + nrows, neg_inf<T>());
-  std::fill(L, L + nrows, T(0));
+  std::fill(L, L + nrows * VN, T(0));
 
   int64_t pos[kBK];
   auto process = [&](const Chunk& ch) {
@@ -157,12 +176,9 @@ void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T*
       const long a_lo = glo / VN * VN, a_hi = round_up(ghi, VN);
       T* Sg = S + g0 * ld;
       tile_rows<T, false>(mr, Q + g0 * Dp, Dp, 1, KT, ld, 0, Dp, a_lo, a_hi, Sg, ld);
-      for (int rr = 0; rr < mr; ++rr) {
-        const int row = g0 + rr;
-        T* s = Sg + rr * ld;
-        mask_row(g, ch, g.pos(r, t0 + row), lo[rr], hi[rr], a_lo, a_hi, s);
-        softmax_row(s, a_lo, a_hi, M[row], L[row], O + row * Dp, Dp);
-      }
+      for (int rr = 0; rr < mr; ++rr)
+        mask_row(g, ch, g.pos(r, t0 + g0 + rr), lo[rr], hi[rr], a_lo, a_hi, Sg + rr * ld);
+      softmax_group(Sg, ld, mr, a_lo, a_hi, M + g0, L + g0 * VN, O + g0 * Dp, Dp);
       tile_rows<T, true>(mr, Sg, ld, 1, VR, Dp, a_lo, a_hi, 0, Dp, O + g0 * Dp, Dp);
     }
   };
@@ -177,9 +193,10 @@ void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T*
 
   for (int row = 0; row < nrows; ++row) {
     const int64_t i = g.pos(r, t0 + row);
-    const T inv = T(1) / L[row];
+    const T l = hsum<T>(vload(L + row * VN));
+    const T inv = T(1) / l;
     for (long d = 0; d < D; ++d) out[i * D + d] = O[row * Dp + d] * inv;
-    lse[i] = M[row] + std::log(L[row]);
+    lse[i] = M[row] + std::log(l);
   }
 }
 
