@@ -43,10 +43,53 @@ void run_tasks(int64_t ntasks, Make make, Body body) {
   });
 }
 
+#if defined(__AVX__)
+// dst[d*ld + j] = rows[j][d] for j, d < 8: one 8x8 block through registers
+// instead of 64 scalar scattered stores.
+FR_INLINE void transpose8x8(const float* const* rows, float* dst, long ld) {
+  __m256 r[8], t[8];
+  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(rows[j]);
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  }
+  for (int j = 0; j < 8; j += 4) {
+    r[j] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_ps(dst + j * ld, _mm256_permute2f128_ps(r[j], r[j + 4], 0x20));
+    _mm256_storeu_ps(dst + (j + 4) * ld, _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
+  }
+}
+
+// Fast path of gather_cols for float; returns how many leading keys it did.
+inline int gather_cols_fast(const float* src, const int64_t* pos, int len, int64_t D, float* dst, long ld) {
+  if (D % 8 != 0) return 0;
+  int c = 0;
+  for (; c + 8 <= len; c += 8) {
+    const float* rows[8];
+    for (int j = 0; j < 8; ++j) rows[j] = src + pos[c + j] * D;
+    for (int64_t d = 0; d < D; d += 8) {
+      transpose8x8(rows, dst + d * ld + c, ld);
+      for (int j = 0; j < 8; ++j) rows[j] += 8;
+    }
+  }
+  return c;
+}
+#endif
+
+template <typename T>
+inline int gather_cols_fast(const T*, const int64_t*, int, int64_t, T*, long) {
+  return 0;
+}
+
 // dst[d*ld + c] = src[pos[c]*D + d]: keys transposed for the score GEMM.
 template <typename T>
 void gather_cols(const T* src, const int64_t* pos, int len, int64_t D, int64_t Dp, T* dst, long ld) {
-  for (int c = 0; c < len; ++c) {
+  for (int c = gather_cols_fast(src, pos, len, D, dst, ld); c < len; ++c) {
     const T* s = src + pos[c] * D;
     for (int64_t d = 0; d < D; ++d) dst[d * ld + c] = s[d];
   }
@@ -65,13 +108,13 @@ void gather_rows(const T* src, const int64_t* pos, int len, int64_t D, int64_t D
   for (long c = len; c < pad; ++c) std::fill(dst + c * Dp, dst + (c + 1) * Dp, T(0));
 }
 
-// exp of n <= 8 scalars, vectorised (the per-row rescale factors of a group).
+// 2^x of 8 scalars, vectorised (the per-row rescale factors of a group).
 template <typename T>
-FR_INLINE void exp_small(T* x) {
-  for (int i = 0; i < 8; i += Simd<T>::N) vstore(x + i, vexp(vload(x + i)));
+FR_INLINE void exp2_small(T* x) {
+  for (int i = 0; i < 8; i += Simd<T>::N) vstore(x + i, vexp2(vload(x + i)));
 }
 
-// Online-softmax update of a group of mr query rows with their scores
+// Online-softmax update of a group of mr query rows with their base-2 scores
 // S[rr*ld + a_lo .. a_hi) (masked entries hold -inf); leaves the
 // probabilities in S. Row sums are kept as vectors (Lv, VN per row) and only
 // reduced at the end, the rescale factors go through one vector exp.
@@ -87,10 +130,10 @@ FR_INLINE void softmax_group(T* S, long ld, int mr, long a_lo, long a_hi, T* M, 
     for (long c = a_lo; c < a_hi; c += VN) mx = vmax<T>(mx, vload(s + c));
     const T rmax = hmax<T>(mx);
     m_new[rr] = rmax > M[rr] ? rmax : M[rr];
-    alpha[rr] = m_new[rr] == M[rr] ? T(0) : M[rr] - m_new[rr];  // exp(0) = 1: unchanged
+    alpha[rr] = m_new[rr] == M[rr] ? T(0) : M[rr] - m_new[rr];  // 2^0 = 1: unchanged
   }
   for (int rr = mr; rr < 8; ++rr) alpha[rr] = 0;
-  exp_small(alpha);
+  exp2_small(alpha);
   for (int rr = 0; rr < mr; ++rr) {
     T* s = S + rr * ld;
     if (m_new[rr] == neg_inf<T>()) {  // no visible key so far: nothing to add
@@ -106,7 +149,7 @@ FR_INLINE void softmax_group(T* S, long ld, int mr, long a_lo, long a_hi, T* M, 
     }
     const V mv = vsplat(m_new[rr]);
     for (long c = a_lo; c < a_hi; c += VN) {
-      const V p = vexp(vload(s + c) - mv);
+      const V p = vexp2(vload(s + c) - mv);
       vstore(s + c, p);
       lsum += p;
     }
@@ -143,6 +186,7 @@ template <typename T>
 void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T* lse, int64_t r,
                int64_t t0, int64_t t1, T scale, FwdScratch<T>& sc) {
   constexpr int VN = Simd<T>::N;
+  const T qscale = scale * T(kLog2e);  // scores in base 2
   const int nrows = (int)(t1 - t0);
   const long Dp = g.Dp, D = g.D, ld = kBK;
   T *Q = sc.q.data(), *O = sc.o.data(), *M = sc.m.data(), *L = sc.l.data();
@@ -150,7 +194,7 @@ void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T*
 
   for (int row = 0; row < nrows; ++row) {
     const T* src = q + g.pos(r, t0 + row) * D;
-    for (long d = 0; d < D; ++d) Q[row * Dp + d] = scale * src[d];
+    for (long d = 0; d < D; ++d) Q[row * Dp + d] = qscale * src[d];
   }
   std::fill(O, O + nrows * Dp, T(0));
   std::fill(M, M + nrows, neg_inf<T>());
@@ -196,7 +240,7 @@ void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T*
     const T l = hsum<T>(vload(L + row * VN));
     const T inv = T(1) / l;
     for (long d = 0; d < D; ++d) out[i * D + d] = O[row * Dp + d] * inv;
-    lse[i] = M[row] + std::log(l);
+    lse[i] = (M[row] + std::log2(l)) * T(kLn2);
   }
 }
 
@@ -247,24 +291,26 @@ struct BwdScratch {
         ds(kBQ * kBK), kt(Dp * kBK), vt(Dp * kBK), kr(kBK * Dp), dkc(kBK * Dp), dvc(kBK * Dp) {}
 };
 
-// Loads the rows at positions pos[0..nrows): scaled Q, dO, lse and
-// Delta_i = dO_i . O_i - dlse_i (the softmax backward's row term).
+// Loads the rows at positions pos[0..nrows): Q scaled by scale*log2(e) (base-2
+// scores), dO, lse in base 2 and Delta_i = dO_i . O_i - dlse_i (the softmax
+// backward's row term). dK accumulated from this Q must be multiplied by ln 2.
 template <typename T>
 void load_rows(const Geometry& g, const Head<T>& h, const int64_t* pos, int nrows, T scale,
                BwdScratch<T>& sc) {
   const long D = g.D, Dp = g.Dp;
+  const T qscale = scale * T(kLog2e);
   for (int row = 0; row < nrows; ++row) {
     const int64_t i = pos[row];
     T* qd = sc.q.data() + row * Dp;
     T* od = sc.dout.data() + row * Dp;
     T delta = 0;
     for (long d = 0; d < D; ++d) {
-      qd[d] = scale * h.q[i * D + d];
+      qd[d] = qscale * h.q[i * D + d];
       od[d] = h.dout[i * D + d];
       delta += od[d] * h.out[i * D + d];
     }
     sc.delta[row] = h.glse ? delta - h.glse[i] : delta;
-    sc.lse[row] = h.lse[i];
+    sc.lse[row] = h.lse[i] * T(kLog2e);
   }
 }
 
@@ -277,7 +323,7 @@ void gather_bwd(const Geometry& g, const Head<T>& h, const int64_t* pos, int len
   gather_rows(h.k, pos, len, g.D, g.Dp, sc.kr.data());
 }
 
-// P = exp(S - lse) and dS = P * (dP - Delta) of the loaded rows against the
+// P = 2^(S - lse) (base-2 scores and lse) and dS = P * (dP - Delta) of the loaded rows against the
 // gathered chunk, exactly 0 wherever a key is not attended. rows_t are the
 // strided indices (window chunks only). Adds dS K into sc.dq.
 template <typename T>
@@ -316,7 +362,7 @@ void bwd_scores(const Geometry& g, const Chunk& ch, const int64_t* pos, const in
       const V lv = vsplat(sc.lse[g0 + rr]);
       const V dv = vsplat(sc.delta[g0 + rr]);
       for (long c = a_lo; c < a_hi; c += VN) {
-        const V pv = vexp(vload(p + c) - lv);
+        const V pv = vexp2(vload(p + c) - lv);
         vstore(p + c, pv);
         vstore(ds + c, pv * (vload(ds + c) - dv));
       }
@@ -412,7 +458,7 @@ void bwd_segment(const Geometry& g, const Head<T>& h, const SegTask& task, T* ha
         const T* sk = sc.dkc.data() + c * Dp;
         const T* sv = sc.dvc.data() + c * Dp;
         for (long d = 0; d < D; ++d) {
-          dk[d] += sk[d];
+          dk[d] += T(kLn2) * sk[d];
           dv[d] += sv[d];
         }
       }
@@ -442,7 +488,7 @@ void bwd_sinks(const Geometry& g, const Head<T>& h, int64_t j0, int len, T scale
   }
   for (int c = 0; c < len; ++c)
     for (long d = 0; d < D; ++d) {
-      h.dk[(j0 + c) * D + d] += sc.dkc[c * Dp + d];
+      h.dk[(j0 + c) * D + d] += T(kLn2) * sc.dkc[c * Dp + d];
       h.dv[(j0 + c) * D + d] += sc.dvc[c * Dp + d];
     }
 }
