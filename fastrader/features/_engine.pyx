@@ -2,13 +2,17 @@
 # distutils: extra_compile_args = -fno-math-errno
 """The fused feature engine: one pass over the bars, every feature per bar.
 
-``compute_features`` and ``FeatureStream`` both drive the same per-bar
-``eng_step`` on the same state, so the streaming row for a bar is bit-for-bit
-the batch row, and row t only ever depends on bars <= t (causality by
-construction: the state is a function of the bars seen so far).
+``compute_features`` and ``FeatureStream`` both drive the same ``eng_chunk``
+on the same state (the stream with chunks of one bar), and every value is a
+per-bar recursion that does not depend on how bars are grouped into chunks; so
+the streaming row for a bar is bit-for-bit the batch row, and row t only ever
+depends on bars <= t (causality by construction).
 
-Windows read trailing values from small power-of-two rings, so a step costs
-O(features) (amortised: rolling sums are recomputed exactly once per window).
+Within a chunk each op runs its own loop over the chunk's bars (the chunk is
+small enough to stay in cache, so this is still one pass over the data, with
+the dispatch cost paid per chunk, not per bar). Windows read trailing values
+from power-of-two rings, so a bar costs O(features) (amortised: rolling sums
+are recomputed exactly once per window).
 A bad bar (see ``bar_flags``) yields a NaN row and restarts every feature's
 warm-up, so features are always computed from the bars since the last bad bar.
 """
@@ -117,6 +121,12 @@ cdef struct Eng:
     double* NB    # per-column rings of raw feature values (ncols x capacity)
 
 
+# Bars are processed in chunks of at most CH; the rings hold the largest
+# window plus one chunk, so that every op can run over a whole chunk on its own.
+cdef enum:
+    CH = 256
+
+
 cdef void eng_reset_ops(Eng* E) noexcept nogil:
     cdef int k
     cdef Op* op
@@ -129,154 +139,240 @@ cdef void eng_reset_ops(Eng* E) noexcept nogil:
         smooth_reset(&op.m3)
 
 
-cdef void eng_step(Eng* E, int flags, double o, double h, double l, double c, double v,
-                   double* row) noexcept nogil:
-    cdef long t = E.t, m = E.mask, i = t & m, s, j, cap = m + 1
-    cdef int k, kind, col
-    cdef Op* op
-    cdef double pc, r1, x, y, sd, w, up, lo, scale, d
+cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+                     const double* l, const double* c, const double* v,
+                     const double* ic, double* out) noexcept nogil:
+    """One op over m good bars: absolute indices t0.., s0 good bars before the first.
+
+    Inputs are the segment's own arrays (c[k] is bar t0+k); trailing values
+    come from the rings. Row k of the output starts at out + k * ncols.
+    """
+    cdef long F = E.ncols, msk = E.mask, k, t, s
+    cdef int kind = op.kind
+    cdef int col = op.col
+    cdef double x, y, d, sd, w, up, lo, pc, scale
+    cdef double* o = out + col
     cdef bint ok
-    if flags & F_BAD:
-        eng_reset_ops(E)
-        E.run = 0
-        for j in range(E.ncols):
-            row[j] = NAN
-    else:
-        s = E.run          # bars of this good run before this one
-        E.run += 1
-        E.C[i] = c
-        E.V[i] = v
-        E.PV[i] = (h + l + c) / 3.0 * v
-        pc = E.C[(t - 1) & m] if s >= 1 else NAN
-        r1 = log(c / pc) if s >= 1 else NAN
-        E.R[i] = r1
-        for k in range(E.nops):
-            op = &E.ops[k]
-            kind = op.kind
-            col = op.col
-            if kind == K_LOGRET:
-                row[col] = log(c / E.C[(t - op.n1) & m]) if s >= op.n1 else NAN
-            elif kind == K_VOL:
-                if roll_push2(&op.r1, E.R, m, t, r1):
-                    row[col] = sqrt(roll_var_sample(&op.r1))
-                else:
-                    row[col] = NAN
-            elif kind == K_SMA or kind == K_CLOSE_SMA:
-                if roll_push1(&op.r1, E.C, m, t, c):
-                    x = op.r1.s1 * op.r1.inv_n
-                    row[col] = x if kind == K_SMA else c / x - 1.0
-                else:
-                    row[col] = NAN
-            elif kind == K_EMA or kind == K_CLOSE_EMA:
-                if smooth_push(&op.m1, c):
-                    x = op.m1.avg
-                    row[col] = x if kind == K_EMA else c / x - 1.0
-                else:
-                    row[col] = NAN
-            elif kind == K_RSI:
-                ok = False
-                if s >= 1:
-                    d = c - pc
-                    # loss = gain - d == max(-d, 0) exactly, and branch-free
-                    x = d if d > 0.0 else 0.0
-                    ok = smooth_push(&op.m1, x)
-                    smooth_push(&op.m2, x - d)
-                row[col] = rsi_value(op.m1.avg, op.m2.avg) if ok else NAN
-            elif kind == K_ATR or kind == K_ATR_PCT:
-                if s >= 1 and smooth_push(&op.m1, true_range(h, l, pc)):
-                    x = op.m1.avg
-                    row[col] = x if kind == K_ATR else x / c
-                else:
-                    row[col] = NAN
-            elif kind == K_MACD or kind == K_MACD_NORM:
-                # TA-Lib alignment, see _kernels._macd
-                if s >= op.n2 - op.n1:
-                    ema_ta_push(&op.m1, c)
-                scale = 1.0 if kind == K_MACD else 1.0 / c
-                if ema_ta_push(&op.m2, c):
-                    x = op.m1.avg - op.m2.avg
-                    row[col] = x * scale
-                    if ema_ta_push(&op.m3, x):
-                        row[col + 1] = op.m3.avg * scale
-                        row[col + 2] = (x - op.m3.avg) * scale
-                    else:
-                        row[col + 1] = NAN
-                        row[col + 2] = NAN
-                else:
-                    row[col] = NAN
-                    row[col + 1] = NAN
-                    row[col + 2] = NAN
-            elif kind == K_BBANDS or kind == K_BB_PCTB or kind == K_BB_WIDTH or kind == K_STDDEV:
-                if roll_push2(&op.r1, E.C, m, t, c):
-                    x = roll_mean(&op.r1)
-                    sd = sqrt(roll_var_pop(&op.r1))
-                    if kind == K_STDDEV:
-                        row[col] = sd * op.p1
-                    else:
-                        w = op.p1 * sd
-                        up = x + w
-                        lo = x - w
-                        if kind == K_BBANDS:
-                            row[col] = up
-                            row[col + 1] = x
-                            row[col + 2] = lo
-                        elif kind == K_BB_PCTB:
-                            # flat window: the band has no width, %b is undefined
-                            row[col] = (c - lo) / (up - lo) if up > lo else NAN
-                        else:
-                            row[col] = (up - lo) / x
-                else:
-                    row[col] = NAN
-                    if kind == K_BBANDS:
-                        row[col + 1] = NAN
-                        row[col + 2] = NAN
-            elif kind == K_VOLUME_Z:
-                if roll_push2(&op.r1, E.V, m, t, v):
-                    sd = sqrt(roll_var_sample(&op.r1))
-                    # constant volume over the window (e.g. all zero): undefined
-                    row[col] = (v - roll_mean(&op.r1)) / sd if sd > 0.0 else NAN
-                else:
-                    row[col] = NAN
-            elif kind == K_VWAP or kind == K_VWAP_DEV:
-                ok = roll_push1(&op.r1, E.PV, m, t, E.PV[i])
-                roll_push1(&op.r2, E.V, m, t, v)
-                if ok and op.r2.s1 > 0.0:
-                    x = op.r1.s1 / op.r2.s1
-                    row[col] = x if kind == K_VWAP else c / x - 1.0
-                else:
-                    # warm-up, or no volume traded in the whole window
-                    row[col] = NAN
-            elif kind == K_HL_RANGE:
-                row[col] = (h - l) / c
-            elif kind == K_INTRABAR:
-                # a bar with no range: the close is its only price, call it the middle
-                row[col] = (c - l) / (h - l) if h > l else 0.5
-    if E.norm_w:
-        for j in range(E.ncols):
-            x = row[j]
-            E.NB[j * cap + i] = x
-            if roll_push2(&E.nr[j], E.NB + j * cap, m, t, x):
-                sd = sqrt(roll_var_sample(&E.nr[j]))
-                row[j] = (x - roll_mean(&E.nr[j])) / sd if sd > 0.0 else NAN
+    # work on local copies of the state: the output stores could alias the
+    # heap Op, which would force a store and reload on every recursion step
+    cdef Roll r1 = op.r1
+    cdef Roll r2 = op.r2
+    cdef Smooth m1 = op.m1
+    cdef Smooth m2 = op.m2
+    cdef Smooth m3 = op.m3
+    cdef long n1 = op.n1
+    cdef long n2 = op.n2
+    cdef double p1 = op.p1
+    if kind == K_LOGRET:
+        for k in range(m):
+            t = t0 + k
+            o[k * F] = log(c[k] / E.C[(t - n1) & msk]) if s0 + k >= n1 else NAN
+    elif kind == K_VOL:
+        for k in range(m):
+            t = t0 + k
+            if roll_push2(&r1, E.R, msk, t, E.R[t & msk]):
+                o[k * F] = sqrt(roll_var_sample(&r1))
             else:
-                row[j] = NAN
-    E.t = t + 1
+                o[k * F] = NAN
+    elif kind == K_SMA or kind == K_CLOSE_SMA:
+        for k in range(m):
+            if roll_push1(&r1, E.C, msk, t0 + k, c[k]):
+                x = r1.s1 * r1.inv_n
+                o[k * F] = x if kind == K_SMA else c[k] / x - 1.0
+            else:
+                o[k * F] = NAN
+    elif kind == K_EMA or kind == K_CLOSE_EMA:
+        for k in range(m):
+            if smooth_push(&m1, c[k]):
+                x = m1.avg
+                o[k * F] = x if kind == K_EMA else c[k] / x - 1.0
+            else:
+                o[k * F] = NAN
+    elif kind == K_RSI:
+        for k in range(m):
+            t = t0 + k
+            ok = False
+            if s0 + k >= 1:
+                d = c[k] - E.C[(t - 1) & msk]
+                # loss = gain - d == max(-d, 0) exactly, and branch-free
+                x = d if d > 0.0 else 0.0
+                ok = smooth_push(&m1, x)
+                smooth_push(&m2, x - d)
+            o[k * F] = rsi_value(m1.avg, m2.avg) if ok else NAN
+    elif kind == K_ATR or kind == K_ATR_PCT:
+        for k in range(m):
+            t = t0 + k
+            if s0 + k >= 1 and smooth_push(&m1, true_range(h[k], l[k], E.C[(t - 1) & msk])):
+                x = m1.avg
+                o[k * F] = x if kind == K_ATR else x * ic[k]
+            else:
+                o[k * F] = NAN
+    elif kind == K_MACD or kind == K_MACD_NORM:
+        # TA-Lib alignment, see _kernels._macd
+        for k in range(m):
+            if s0 + k >= n2 - n1:
+                ema_ta_push(&m1, c[k])
+            scale = 1.0 if kind == K_MACD else ic[k]
+            if ema_ta_push(&m2, c[k]):
+                x = m1.avg - m2.avg
+                o[k * F] = x * scale
+                if ema_ta_push(&m3, x):
+                    o[k * F + 1] = m3.avg * scale
+                    o[k * F + 2] = (x - m3.avg) * scale
+                else:
+                    o[k * F + 1] = NAN
+                    o[k * F + 2] = NAN
+            else:
+                o[k * F] = NAN
+                o[k * F + 1] = NAN
+                o[k * F + 2] = NAN
+    elif kind == K_BBANDS or kind == K_BB_PCTB or kind == K_BB_WIDTH or kind == K_STDDEV:
+        for k in range(m):
+            if roll_push2(&r1, E.C, msk, t0 + k, c[k]):
+                x = roll_mean(&r1)
+                sd = sqrt(roll_var_pop(&r1))
+                if kind == K_STDDEV:
+                    o[k * F] = sd * p1
+                else:
+                    w = p1 * sd
+                    up = x + w
+                    lo = x - w
+                    if kind == K_BBANDS:
+                        o[k * F] = up
+                        o[k * F + 1] = x
+                        o[k * F + 2] = lo
+                    elif kind == K_BB_PCTB:
+                        # flat window: the band has no width, %b is undefined
+                        o[k * F] = (c[k] - lo) / (up - lo) if up > lo else NAN
+                    else:
+                        o[k * F] = (up - lo) / x
+            else:
+                o[k * F] = NAN
+                if kind == K_BBANDS:
+                    o[k * F + 1] = NAN
+                    o[k * F + 2] = NAN
+    elif kind == K_VOLUME_Z:
+        for k in range(m):
+            if roll_push2(&r1, E.V, msk, t0 + k, v[k]):
+                sd = sqrt(roll_var_sample(&r1))
+                # constant volume over the window (e.g. all zero): undefined
+                o[k * F] = (v[k] - roll_mean(&r1)) / sd if sd > 0.0 else NAN
+            else:
+                o[k * F] = NAN
+    elif kind == K_VWAP or kind == K_VWAP_DEV:
+        for k in range(m):
+            t = t0 + k
+            ok = roll_push1(&r1, E.PV, msk, t, E.PV[t & msk])
+            roll_push1(&r2, E.V, msk, t, v[k])
+            if ok and r2.s1 > 0.0:
+                x = r1.s1 / r2.s1
+                o[k * F] = x if kind == K_VWAP else c[k] / x - 1.0
+            else:
+                # warm-up, or no volume traded in the whole window
+                o[k * F] = NAN
+    elif kind == K_HL_RANGE:
+        for k in range(m):
+            o[k * F] = (h[k] - l[k]) * ic[k]
+    elif kind == K_INTRABAR:
+        for k in range(m):
+            # a bar with no range: the close is its only price, call it the middle
+            o[k * F] = (c[k] - l[k]) / (h[k] - l[k]) if h[k] > l[k] else 0.5
+    op.r1 = r1
+    op.r2 = r2
+    op.m1 = m1
+    op.m2 = m2
+    op.m3 = m3
+
+
+cdef void eng_segment(Eng* E, const double* h, const double* l, const double* c,
+                      const double* v, long m, double* out) noexcept nogil:
+    """m (<= CH) consecutive good bars."""
+    cdef long t0 = E.t, s0 = E.run, msk = E.mask, k, t
+    cdef double ic[CH]
+    cdef int j
+    for k in range(m):
+        t = t0 + k
+        E.C[t & msk] = c[k]
+        E.V[t & msk] = v[k]
+        E.PV[t & msk] = (h[k] + l[k] + c[k]) / 3.0 * v[k]
+        E.R[t & msk] = log(c[k] / E.C[(t - 1) & msk]) if s0 + k >= 1 else NAN
+        ic[k] = 1.0 / c[k]
+    for j in range(E.nops):
+        op_segment(E, &E.ops[j], t0, s0, m, h, l, c, v, ic, out)
+    E.t = t0 + m
+    E.run = s0 + m
+
+
+cdef void eng_bad(Eng* E, double* row) noexcept nogil:
+    cdef long j
+    eng_reset_ops(E)
+    E.run = 0
+    for j in range(E.ncols):
+        row[j] = NAN
+    E.t += 1
+
+
+cdef void eng_normalize(Eng* E, long t0, long m, double* out) noexcept nogil:
+    """Rolling z-scores of the rows of bars t0 .. t0+m-1, in place."""
+    cdef long F = E.ncols, cap = E.mask + 1, msk = E.mask, k, t, j
+    cdef double x, sd
+    cdef double* ring
+    for j in range(F):
+        ring = E.NB + j * cap
+        for k in range(m):
+            t = t0 + k
+            x = out[k * F + j]
+            ring[t & msk] = x
+            if roll_push2(&E.nr[j], ring, msk, t, x):
+                sd = sqrt(roll_var_sample(&E.nr[j]))
+                out[k * F + j] = (x - roll_mean(&E.nr[j])) / sd if sd > 0.0 else NAN
+            else:
+                out[k * F + j] = NAN
+
+
+cdef void eng_chunk(Eng* E, const double* h, const double* l, const double* c,
+                    const double* v, const unsigned char* flags, long m,
+                    double* out) noexcept nogil:
+    """m (<= CH) bars with their flags: good stretches go to eng_segment."""
+    cdef long i = 0, j, F = E.ncols, t0 = E.t
+    while i < m:
+        if flags[i] & F_BAD:
+            eng_bad(E, out + i * F)
+            i += 1
+            continue
+        j = i + 1
+        while j < m and not (flags[j] & F_BAD):
+            j += 1
+        eng_segment(E, h + i, l + i, c + i, v + i, j - i, out + i * F)
+        i = j
+    if E.norm_w:
+        eng_normalize(E, t0, m, out)
 
 
 cdef long eng_run(Eng* E, const double* o, const double* h, const double* l,
                   const double* c, const double* v, long N, double* out,
                   unsigned char* flags_out, bint stop_on_bad) noexcept nogil:
-    """Step over N bars; returns the index of the first bad bar when stop_on_bad, else -1."""
-    cdef long t
-    cdef int f
+    """All N bars, chunk by chunk; returns the index of the first bad bar when
+    stop_on_bad (nothing from its chunk on is computed), else -1."""
+    cdef long t = 0, e, i
     cdef long F = E.ncols
-    for t in range(N):
-        f = bar_flags(o[t], h[t], l[t], c[t], v[t])
+    cdef unsigned char fl[CH]
+    cdef unsigned char anybad
+    while t < N:
+        e = t + CH if t + CH < N else N
+        anybad = 0
+        for i in range(t, e):
+            fl[i - t] = <unsigned char>bar_flags(o[i], h[i], l[i], c[i], v[i])
+            anybad |= fl[i - t]
         if flags_out != NULL:
-            flags_out[t] = <unsigned char>f
-        if stop_on_bad and (f & F_BAD):
-            return t
-        eng_step(E, f, o[t], h[t], l[t], c[t], v[t], out + t * F)
+            for i in range(t, e):
+                flags_out[i] = fl[i - t]
+        if stop_on_bad and (anybad & F_BAD):
+            for i in range(t, e):
+                if fl[i - t] & F_BAD:
+                    return i
+        eng_chunk(E, h + t, l + t, c + t, v + t, fl, e - t, out + t * F)
+        t = e
     return -1
 
 
@@ -295,7 +391,7 @@ cdef class Engine:
         self.E.R = NULL
         self.E.nr = NULL
         self.E.NB = NULL
-        while cap < capacity:
+        while cap < capacity + CH:
             cap *= 2
         self.E.t = 0
         self.E.run = 0
@@ -385,8 +481,9 @@ cdef class Engine:
             return None, f
         row = np.empty(self.E.ncols)
         cdef double[::1] rv = row
+        cdef unsigned char fl = <unsigned char>f
         if self.E.ncols:
-            eng_step(&self.E, f, o, h, l, c, v, &rv[0])
+            eng_chunk(&self.E, &h, &l, &c, &v, &fl, 1, &rv[0])
         return row, f
 
 

