@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import sys
 from pathlib import Path
 
 import backtrader as bt
@@ -47,9 +48,12 @@ def _load_file(path: Path):
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import strategy file {path}")
     mod = importlib.util.module_from_spec(spec)
+    # Backtrader's metaclasses look classes' modules up in sys.modules.
+    sys.modules[spec.name] = mod
     try:
         spec.loader.exec_module(mod)
     except Exception as exc:  # the user's file: report it in one line
+        del sys.modules[spec.name]
         raise ConfigError(f"strategy file {path} failed to import: {type(exc).__name__}: {exc}") from exc
     return mod
 
