@@ -1,5 +1,5 @@
 # cython: language_level=3
-# distutils: extra_compile_args = -fno-math-errno
+# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math
 """The fused feature engine: one pass over the bars, every feature per bar.
 
 ``compute_features`` and ``FeatureStream`` both drive the same ``eng_chunk``
@@ -76,18 +76,34 @@ FLAGS = {"nonfinite": F_NONFINITE, "nonpositive_price": F_NONPOSITIVE,
          "zero_volume": F_ZERO_VOLUME, "bad": F_BAD}
 
 
+cdef extern from *:
+    """
+    /* Flag bytes of n bars (bits as in FLAGS). Every test is evaluated for every
+       bar (comparisons with NaN are simply false) and combined with bitwise
+       ops, so the loop has no branches and the compiler can vectorise it
+       (given -fno-trapping-math above, which changes no computed value). */
+    static void fastrader_bar_flags(const double* __restrict o, const double* __restrict h,
+                                    const double* __restrict l, const double* __restrict c,
+                                    const double* __restrict v, unsigned char* __restrict f, long n) {
+        for (long i = 0; i < n; i++) {
+            double oo = o[i], hh = h[i], ll = l[i], cc = c[i], vv = v[i];
+            int fin = (oo - oo == 0.0) & (hh - hh == 0.0) & (ll - ll == 0.0)
+                    & (cc - cc == 0.0) & (vv - vv == 0.0);
+            int nonpos = (oo <= 0.0) | (hh <= 0.0) | (ll <= 0.0) | (cc <= 0.0);
+            int incons = (hh < ll) | (oo > hh) | (oo < ll) | (cc > hh) | (cc < ll);
+            int r = (nonpos << 1) | (incons << 2) | ((vv < 0.0) << 3) | ((vv == 0.0) << 4);
+            f[i] = (unsigned char)(fin ? r : 1);
+        }
+    }
+    """
+    void flags_block "fastrader_bar_flags" (const double* o, const double* h, const double* l,
+                                            const double* c, const double* v, unsigned char* f,
+                                            long n) noexcept nogil
+
+
 cdef inline int bar_flags(double o, double h, double l, double c, double v) noexcept nogil:
-    cdef int f = 0
-    if not (finite(o) and finite(h) and finite(l) and finite(c) and finite(v)):
-        return F_NONFINITE
-    if o <= 0.0 or h <= 0.0 or l <= 0.0 or c <= 0.0:
-        f |= F_NONPOSITIVE
-    if h < l or o > h or o < l or c > h or c < l:
-        f |= F_INCONSISTENT
-    if v < 0.0:
-        f |= F_NEG_VOLUME
-    elif v == 0.0:
-        f |= F_ZERO_VOLUME
+    cdef unsigned char f
+    flags_block(&o, &h, &l, &c, &v, &f, 1)
     return f
 
 
@@ -103,6 +119,9 @@ cdef struct Op:
     Smooth m1
     Smooth m2
     Smooth m3
+    int src       # Bollinger family: index of an earlier op on the same window, or -1
+    double* mean  # Bollinger family: per-chunk mean and std (NaN while warming up)
+    double* sd
 
 
 cdef struct Eng:
@@ -112,6 +131,8 @@ cdef struct Eng:
     int nops
     int ncols
     long norm_w   # rolling z-score window, 0 for none
+    bint need_r   # which derived series some op reads
+    bint need_pv
     Op* ops
     double* C     # rings: close, volume, typical price * volume, 1-bar log return
     double* V
@@ -152,6 +173,8 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
     cdef int col = op.col
     cdef double x, y, d, sd, w, up, lo, pc, scale
     cdef double* o = out + col
+    cdef double* mean
+    cdef double* sdv
     cdef bint ok
     # work on local copies of the state: the output stores could alias the
     # heap Op, which would force a store and reload on every recursion step
@@ -163,7 +186,11 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
     cdef long n1 = op.n1
     cdef long n2 = op.n2
     cdef double p1 = op.p1
-    if kind == K_LOGRET:
+    if kind == K_LOGRET and n1 == 1:
+        # the 1-bar log return is the R ring itself (same expression)
+        for k in range(m):
+            o[k * F] = E.R[(t0 + k) & msk]
+    elif kind == K_LOGRET:
         for k in range(m):
             t = t0 + k
             o[k * F] = log(c[k] / E.C[(t - n1) & msk]) if s0 + k >= n1 else NAN
@@ -227,30 +254,39 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
                 o[k * F + 1] = NAN
                 o[k * F + 2] = NAN
     elif kind == K_BBANDS or kind == K_BB_PCTB or kind == K_BB_WIDTH or kind == K_STDDEV:
-        for k in range(m):
-            if roll_push2(&r1, E.C, msk, t0 + k, c[k]):
-                x = roll_mean(&r1)
-                sd = sqrt(roll_var_pop(&r1))
-                if kind == K_STDDEV:
-                    o[k * F] = sd * p1
+        # mean and population std of the window: computed by the first op of
+        # the family on this window, reused by the others (same numbers)
+        if op.src < 0:
+            for k in range(m):
+                if roll_push2(&r1, E.C, msk, t0 + k, c[k]):
+                    op.mean[k] = roll_mean(&r1)
+                    op.sd[k] = sqrt(roll_var_pop(&r1))
                 else:
-                    w = p1 * sd
-                    up = x + w
-                    lo = x - w
-                    if kind == K_BBANDS:
-                        o[k * F] = up
-                        o[k * F + 1] = x
-                        o[k * F + 2] = lo
-                    elif kind == K_BB_PCTB:
-                        # flat window: the band has no width, %b is undefined
-                        o[k * F] = (c[k] - lo) / (up - lo) if up > lo else NAN
-                    else:
-                        o[k * F] = (up - lo) / x
+                    op.mean[k] = NAN
+                    op.sd[k] = NAN
+            mean = op.mean
+            sdv = op.sd
+        else:
+            mean = E.ops[op.src].mean
+            sdv = E.ops[op.src].sd
+        for k in range(m):
+            x = mean[k]
+            sd = sdv[k]
+            if kind == K_STDDEV:
+                o[k * F] = sd * p1
             else:
-                o[k * F] = NAN
+                w = p1 * sd
+                up = x + w
+                lo = x - w
                 if kind == K_BBANDS:
-                    o[k * F + 1] = NAN
-                    o[k * F + 2] = NAN
+                    o[k * F] = up
+                    o[k * F + 1] = x
+                    o[k * F + 2] = lo
+                elif kind == K_BB_PCTB:
+                    # flat window: the band has no width, %b is undefined
+                    o[k * F] = (c[k] - lo) / (up - lo) if up > lo else NAN
+                else:
+                    o[k * F] = (up - lo) / x
     elif kind == K_VOLUME_Z:
         for k in range(m):
             if roll_push2(&r1, E.V, msk, t0 + k, v[k]):
@@ -294,9 +330,14 @@ cdef void eng_segment(Eng* E, const double* h, const double* l, const double* c,
         t = t0 + k
         E.C[t & msk] = c[k]
         E.V[t & msk] = v[k]
-        E.PV[t & msk] = (h[k] + l[k] + c[k]) / 3.0 * v[k]
-        E.R[t & msk] = log(c[k] / E.C[(t - 1) & msk]) if s0 + k >= 1 else NAN
         ic[k] = 1.0 / c[k]
+    if E.need_pv:
+        for k in range(m):
+            E.PV[(t0 + k) & msk] = (h[k] + l[k] + c[k]) / 3.0 * v[k]
+    if E.need_r:
+        for k in range(m):
+            t = t0 + k
+            E.R[t & msk] = log(c[k] / E.C[(t - 1) & msk]) if s0 + k >= 1 else NAN
     for j in range(E.nops):
         op_segment(E, &E.ops[j], t0, s0, m, h, l, c, v, ic, out)
     E.t = t0 + m
@@ -360,10 +401,10 @@ cdef long eng_run(Eng* E, const double* o, const double* h, const double* l,
     cdef unsigned char anybad
     while t < N:
         e = t + CH if t + CH < N else N
+        flags_block(o + t, h + t, l + t, c + t, v + t, fl, e - t)
         anybad = 0
-        for i in range(t, e):
-            fl[i - t] = <unsigned char>bar_flags(o[i], h[i], l[i], c[i], v[i])
-            anybad |= fl[i - t]
+        for i in range(e - t):
+            anybad |= fl[i]
         if flags_out != NULL:
             for i in range(t, e):
                 flags_out[i] = fl[i - t]
@@ -411,8 +452,11 @@ cdef class Engine:
         if (self.E.ops == NULL or self.E.C == NULL or self.E.V == NULL or self.E.PV == NULL
                 or self.E.R == NULL or (norm_window and (self.E.nr == NULL or self.E.NB == NULL))):
             raise MemoryError("fastrader.features: cannot allocate the feature engine")
+        self.E.need_r = any(p[0] == K_VOL or (p[0] == K_LOGRET and p[2] == 1) for p in program)
+        self.E.need_pv = any(p[0] in (K_VWAP, K_VWAP_DEV) for p in program)
         for k in range(ncols if norm_window else 0):
             roll_init(&self.E.nr[k], norm_window)
+        bb_first = {}
         for k, (kind, col, n1, n2, n3, p1) in enumerate(program):
             op = &self.E.ops[k]
             op.kind = kind
@@ -423,6 +467,17 @@ cdef class Engine:
             op.p1 = p1
             roll_init(&op.r1, n1)
             roll_init(&op.r2, n1)
+            op.src = -1
+            op.mean = NULL
+            op.sd = NULL
+            if kind in (K_BBANDS, K_BB_PCTB, K_BB_WIDTH, K_STDDEV):
+                op.src = bb_first.setdefault(n1, k)
+                if op.src == k:
+                    op.src = -1
+                    op.mean = <double*>malloc(2 * CH * sizeof(double))
+                    if op.mean == NULL:
+                        raise MemoryError("fastrader.features: cannot allocate the feature engine")
+                    op.sd = op.mean + CH
             if kind == K_EMA or kind == K_CLOSE_EMA:
                 ema_init(&op.m1, n1)
             elif kind in (K_RSI, K_ATR, K_ATR_PCT):
@@ -439,6 +494,10 @@ cdef class Engine:
                 ema_init(&op.m3, 1)
 
     def __dealloc__(self):
+        cdef int k
+        if self.E.ops != NULL:
+            for k in range(self.E.nops):
+                free(self.E.ops[k].mean)
         free(self.E.ops)
         free(self.E.C)
         free(self.E.V)
@@ -493,7 +552,7 @@ def flags_of(o, h, l, c, v):
     cdef long N = cv.shape[0], t
     flags = np.empty(N, dtype=np.uint8)
     cdef unsigned char[::1] fv = flags
-    with nogil:
-        for t in range(N):
-            fv[t] = <unsigned char>bar_flags(ov[t], hv[t], lv[t], cv[t], vv[t])
+    if N:
+        with nogil:
+            flags_block(&ov[0], &hv[0], &lv[0], &cv[0], &vv[0], &fv[0], N)
     return flags

@@ -1,5 +1,5 @@
 # cython: language_level=3
-# distutils: extra_compile_args = -fno-math-errno
+# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math
 """Standalone indicator kernels over one float64 array (TA-Lib's indicators).
 
 Each kernel makes one pass, writes NaN during warm-up, and treats a
@@ -24,8 +24,10 @@ cdef extern from *:
     """
     /* Per-chunk finishing passes over values the recursive loop left in the
        output arrays. They are plain element-wise loops so the compiler can use
-       packed sqrt/div (sqrt is only vectorised without errno handling, hence
-       -fno-math-errno above; nothing here reads errno). */
+       packed sqrt/div (sqrt is only vectorised without errno handling, and
+       selects only without FP-exception semantics, hence -fno-math-errno
+       -fno-trapping-math above: nothing here reads errno or FP flags, and
+       neither option changes a computed value). */
     static void fastrader_sqrt_scale(double* x, long n, double s) {
         for (long i = 0; i < n; i++) x[i] = __builtin_sqrt(x[i]) * s;
     }
@@ -274,8 +276,7 @@ cdef void _atr(const double* h, const double* lo, const double* c, long N, long 
                 u = tmp[i - t] * m.b
                 v = madd(avg, m.a, u)
                 avg = madd(avg, a2, madd(m.a, u, tmp[i + 1 - t] * m.b))
-                out[i] = v
-                out[i + 1] = avg
+                store2(out + i, v, avg)
                 if i + CH < N:
                     prefetch3(h, lo, c, i + CH)
                 i += 2
@@ -300,6 +301,7 @@ cdef void _atr(const double* h, const double* lo, const double* c, long N, long 
             out[i] = m.avg if smooth_push(&m, true_range(h[i], lo[i], pc)) else NAN
             pc = c[i]
         t = e
+    store_fence()
 
 
 cdef void _macd(const double* x, long N, long fast, long slow, long sig,
