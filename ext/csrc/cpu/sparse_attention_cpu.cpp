@@ -500,7 +500,7 @@ void bwd_impl(const Geometry& g, int64_t BH, const Head<T>& base, T scale) {
   // the halos add at most one extra copy of dK/dV.
   const int64_t nth = at::get_num_threads();
   const int64_t nseq = BH * g.nres;
-  const int64_t target = nth > 1 ? 4 * nth : 1;
+  const int64_t target = nth > 1 ? 8 * nth : 1;  // slack for uneven or preempted threads
   const int64_t want = nseq >= target ? 1 : (target + nseq - 1) / nseq;
   std::vector<SegTask> tasks;
   std::vector<int64_t> seq_begin;  // first task of each (bh, r)
