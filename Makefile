@@ -6,7 +6,7 @@
 # --no-build-isolation: an isolated build (or a bare `pip install torch` on a
 # CPU machine) would pull a CUDA torch and gigabytes of CUDA libraries.
 
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || echo python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check

@@ -73,6 +73,9 @@ def load_data(cfg: RunConfig) -> tuple[pd.DataFrame, str]:
     if cfg.exchange:
         from .data import load_history
 
+        if cfg.since is None:
+            raise ConfigError("--exchange needs --since (first candle, e.g. 2024-01-01); --until defaults to now")
+
         df = load_history(
             cfg.exchange,
             cfg.symbol,

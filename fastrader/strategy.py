@@ -50,7 +50,7 @@ class ModelStrategy(bt.Strategy):
     """Long/short on the model's signal: +stake above threshold, -stake below -threshold, with hysteresis."""
 
     params = dict(
-        threshold=0.5,  # enter when |signal| exceeds this (units of the training-period signal scale)
+        threshold=1.5,  # enter when |signal| exceeds this (units of the training-period signal scale)
         exit_threshold=0.0,  # hold a position until the signal falls back through this (hysteresis)
         allow_short=True,
         stake=0.95,  # fraction of equity per full position (leaves room for fees)
