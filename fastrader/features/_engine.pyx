@@ -95,7 +95,25 @@ cdef extern from *:
             f[i] = (unsigned char)(fin ? r : 1);
         }
     }
+    /* Copy n doubles to memory that is written once and not read back soon
+       (the caller's output): non-temporal stores where SSE2 allows, so the
+       destination's cache lines are not fetched first. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static void fastrader_stream_copy(double* dst, const double* src, long n) {
+        long i = 0;
+        if (((unsigned long)dst & 15) != 0 && n > 0) { dst[0] = src[0]; i = 1; }
+        for (; i + 1 < n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+        if (i < n) dst[i] = src[i];
+        _mm_sfence();
+    }
+    #else
+    static void fastrader_stream_copy(double* dst, const double* src, long n) {
+        for (long i = 0; i < n; i++) dst[i] = src[i];
+    }
+    #endif
     """
+    void stream_copy "fastrader_stream_copy" (double* dst, const double* src, long n) noexcept nogil
     void flags_block "fastrader_bar_flags" (const double* o, const double* h, const double* l,
                                             const double* c, const double* v, unsigned char* f,
                                             long n) noexcept nogil
@@ -138,6 +156,7 @@ cdef struct Eng:
     double* V
     double* PV
     double* R
+    double* X     # chunk scratch rows (CH x ncols): ops write here, then one copy out
     Roll* nr      # per-column rolling moments of the normalisation
     double* NB    # per-column rings of raw feature values (ncols x capacity)
 
@@ -187,13 +206,19 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
     cdef long n2 = op.n2
     cdef double p1 = op.p1
     if kind == K_LOGRET and n1 == 1:
-        # the 1-bar log return is the R ring itself (same expression)
+        # the 1-bar log return is the R ring itself
         for k in range(m):
             o[k * F] = E.R[(t0 + k) & msk]
     elif kind == K_LOGRET:
+        # log(c_t / c_{t-n}) as the window sum of the n 1-bar log returns: a
+        # rolling sum instead of a second log per bar (the difference from
+        # the direct log is a few 1e-16, far below the returns' own size)
         for k in range(m):
             t = t0 + k
-            o[k * F] = log(c[k] / E.C[(t - n1) & msk]) if s0 + k >= n1 else NAN
+            if roll_push1(&r1, E.R, msk, t, E.R[t & msk]):
+                o[k * F] = r1.s1
+            else:
+                o[k * F] = NAN
     elif kind == K_VOL:
         for k in range(m):
             t = t0 + k
@@ -301,8 +326,10 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
             ok = roll_push1(&r1, E.PV, msk, t, E.PV[t & msk])
             roll_push1(&r2, E.V, msk, t, v[k])
             if ok and r2.s1 > 0.0:
-                x = r1.s1 / r2.s1
-                o[k * F] = x if kind == K_VWAP else c[k] / x - 1.0
+                if kind == K_VWAP:
+                    o[k * F] = r1.s1 / r2.s1
+                else:
+                    o[k * F] = c[k] * r2.s1 / r1.s1 - 1.0
             else:
                 # warm-up, or no volume traded in the whole window
                 o[k * F] = NAN
@@ -333,7 +360,7 @@ cdef void eng_segment(Eng* E, const double* h, const double* l, const double* c,
         ic[k] = 1.0 / c[k]
     if E.need_pv:
         for k in range(m):
-            E.PV[(t0 + k) & msk] = (h[k] + l[k] + c[k]) / 3.0 * v[k]
+            E.PV[(t0 + k) & msk] = (h[k] + l[k] + c[k]) * (1.0 / 3.0) * v[k]
     if E.need_r:
         for k in range(m):
             t = t0 + k
@@ -373,9 +400,15 @@ cdef void eng_normalize(Eng* E, long t0, long m, double* out) noexcept nogil:
 
 cdef void eng_chunk(Eng* E, const double* h, const double* l, const double* c,
                     const double* v, const unsigned char* flags, long m,
-                    double* out) noexcept nogil:
-    """m (<= CH) bars with their flags: good stretches go to eng_segment."""
+                    double* dst) noexcept nogil:
+    """m (<= CH) bars with their flags: good stretches go to eng_segment.
+
+    Rows are built in the cache-resident scratch and then streamed to dst:
+    the ops' column-wise writes then never miss, and dst is written once,
+    sequentially.
+    """
     cdef long i = 0, j, F = E.ncols, t0 = E.t
+    cdef double* out = E.X
     while i < m:
         if flags[i] & F_BAD:
             eng_bad(E, out + i * F)
@@ -388,6 +421,11 @@ cdef void eng_chunk(Eng* E, const double* h, const double* l, const double* c,
         i = j
     if E.norm_w:
         eng_normalize(E, t0, m, out)
+    if m == 1:
+        for j in range(F):
+            dst[j] = out[j]
+    else:
+        stream_copy(dst, out, m * F)
 
 
 cdef long eng_run(Eng* E, const double* o, const double* h, const double* l,
@@ -430,6 +468,7 @@ cdef class Engine:
         self.E.V = NULL
         self.E.PV = NULL
         self.E.R = NULL
+        self.E.X = NULL
         self.E.nr = NULL
         self.E.NB = NULL
         while cap < capacity + CH:
@@ -446,13 +485,14 @@ cdef class Engine:
         self.E.V = <double*>calloc(cap, sizeof(double))
         self.E.PV = <double*>calloc(cap, sizeof(double))
         self.E.R = <double*>calloc(cap, sizeof(double))
+        self.E.X = <double*>calloc(CH * max(1, ncols), sizeof(double))
         if norm_window:
             self.E.nr = <Roll*>calloc(max(1, ncols), sizeof(Roll))
             self.E.NB = <double*>calloc(max(1, ncols) * cap, sizeof(double))
         if (self.E.ops == NULL or self.E.C == NULL or self.E.V == NULL or self.E.PV == NULL
-                or self.E.R == NULL or (norm_window and (self.E.nr == NULL or self.E.NB == NULL))):
+                or self.E.R == NULL or self.E.X == NULL or (norm_window and (self.E.nr == NULL or self.E.NB == NULL))):
             raise MemoryError("fastrader.features: cannot allocate the feature engine")
-        self.E.need_r = any(p[0] == K_VOL or (p[0] == K_LOGRET and p[2] == 1) for p in program)
+        self.E.need_r = any(p[0] in (K_VOL, K_LOGRET) for p in program)
         self.E.need_pv = any(p[0] in (K_VWAP, K_VWAP_DEV) for p in program)
         for k in range(ncols if norm_window else 0):
             roll_init(&self.E.nr[k], norm_window)
@@ -503,6 +543,7 @@ cdef class Engine:
         free(self.E.V)
         free(self.E.PV)
         free(self.E.R)
+        free(self.E.X)
         free(self.E.nr)
         free(self.E.NB)
 
