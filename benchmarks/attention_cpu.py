@@ -50,7 +50,8 @@ def case_name(b, h, n, d, w):
     return f"B={b},H={h},N={n},D={d},W={w}"
 
 
-def median_ms(fn, reps, warmup=1):
+def time_ms(fn, reps, warmup=1):
+    """(median, min) wall-clock milliseconds over reps runs after warmup."""
     for _ in range(warmup):
         fn()
     times = []
@@ -58,14 +59,14 @@ def median_ms(fn, reps, warmup=1):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def measure_peak_gflops(reps=5):
     """Float32 GEMM throughput of this machine with the current thread count."""
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
-    ms = median_ms(lambda: torch.mm(a, b), reps, warmup=2)
+    ms = time_ms(lambda: torch.mm(a, b), reps, warmup=2)[1]  # best run: a peak
     return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
@@ -104,8 +105,8 @@ def time_case(shape, window, impls, reps, slow_reps):
             q.grad = k.grad = v.grad = None
             fn(q, k, v).backward(grad)
 
-        rows.append((name, "fwd", median_ms(fwd, r)))
-        rows.append((name, "fwd+bwd", median_ms(fwd_bwd, r)))
+        rows.append((name, "fwd", *time_ms(fwd, r)))
+        rows.append((name, "fwd+bwd", *time_ms(fwd_bwd, r)))
     return rows
 
 
@@ -172,17 +173,20 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     window = 256
     peak = measure_peak_gflops()
-    print(f"threads={torch.get_num_threads()}  measured peak fp32 (torch.mm 2048^3): {peak:.1f} GFLOP/s")
+    load = os.getloadavg()[0]
+    print(f"threads={torch.get_num_threads()}  measured peak fp32 (torch.mm 2048^3): {peak:.1f} GFLOP/s  "
+          f"load average before: {load:.2f} (other processes distort every timing)")
 
     rows = []
 
-    def add(case, impl, pss, ms, shape, **extra):
+    def add(case, impl, pss, ms, min_ms, shape, **extra):
         b, h, n, d = shape
         flops = 4 * b * h * d * keys_attended(n, window)
         if pss == "fwd+bwd":
             flops *= FWD_BWD_FLOP_FACTOR
         gflops = flops / (ms * 1e-3) / 1e9 if impl == "fastrader" else None
-        row = {"case": case, "impl": impl, "pass": pss, "ms": round(ms, 3), "threads": torch.get_num_threads()}
+        row = {"case": case, "impl": impl, "pass": pss, "ms": round(ms, 3), "min_ms": round(min_ms, 3),
+               "threads": torch.get_num_threads()}
         if gflops is not None:
             row.update(gflops=round(gflops, 2), peak_gflops=round(peak, 2), pct_of_peak=round(100 * gflops / peak, 1))
         row.update(extra)
@@ -193,9 +197,9 @@ def main(argv=None):
         case = case_name(*shape, window)
         err = check_parity(shape, window)
         timed = time_case(shape, window, make_impls(window), args.reps, args.slow_reps)
-        dense = {p: ms for impl, p, ms in timed if impl == "sdpa-dense"}
-        for impl, pss, ms in timed:
-            add(case, impl, pss, ms, shape, speedup_vs_dense=round(dense[pss] / ms, 2),
+        dense = {p: ms for impl, p, ms, _ in timed if impl == "sdpa-dense"}
+        for impl, pss, ms, min_ms in timed:
+            add(case, impl, pss, ms, min_ms, shape, speedup_vs_dense=round(dense[pss] / ms, 2),
                 **({"max_rel_err_vs_sdpa_mask": err} if impl == "fastrader" else {}))
 
     if not args.quick:
@@ -203,8 +207,8 @@ def main(argv=None):
         ours = {"fastrader": ours["fastrader"]}
         for n in (16384, 32768, 65536):
             shape = (1, 8, n, 32)
-            for impl, pss, ms in time_case(shape, window, ours, max(3, args.reps // 2), 0):
-                add(case_name(*shape, window), impl, pss, ms, shape)
+            for impl, pss, ms, min_ms in time_case(shape, window, ours, max(3, args.reps // 2), 0):
+                add(case_name(*shape, window), impl, pss, ms, min_ms, shape)
 
     if args.memory:
         mem = measure_memory(65536, args.threads)
@@ -213,14 +217,16 @@ def main(argv=None):
                      "ms": None, "peak_growth_mb": round(mem["peak_growth_bytes"] / 2**20, 1),
                      "tensors_mb": round(mem["tensors_bytes"] / 2**20, 1), "ratio": round(ratio, 3)})
 
-    print(f"\n{'case':<32} {'impl':<11} {'pass':<8} {'ms':>10} {'x dense':>8} {'GFLOP/s':>8} {'%peak':>6}")
+    print(f"\n{'case':<32} {'impl':<11} {'pass':<8} {'median ms':>10} {'min ms':>10} {'x dense':>8} "
+          f"{'GFLOP/s':>8} {'%peak':>6}")
     for r in rows:
         if r["pass"] == "memory":
             continue
         sp = f"{r['speedup_vs_dense']:.1f}x" if "speedup_vs_dense" in r else ""
         gf = f"{r['gflops']:.1f}" if "gflops" in r else ""
         pct = f"{r['pct_of_peak']:.0f}" if "pct_of_peak" in r else ""
-        print(f"{r['case']:<32} {r['impl']:<11} {r['pass']:<8} {r['ms']:>10.2f} {sp:>8} {gf:>8} {pct:>6}")
+        print(f"{r['case']:<32} {r['impl']:<11} {r['pass']:<8} {r['ms']:>10.2f} {r['min_ms']:>10.2f} "
+              f"{sp:>8} {gf:>8} {pct:>6}")
 
     scale = {(r["case"], r["pass"]): r["ms"] for r in rows if r["pass"] != "memory"}
     if not args.quick:

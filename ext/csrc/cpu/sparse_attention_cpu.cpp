@@ -103,7 +103,13 @@ void gather_cols(const T* src, const int64_t* pos, int len, int64_t D, int64_t D
 // dst[c*Dp + d] = src[pos[c]*D + d]: keys row-major, head dim zero-padded.
 template <typename T>
 void gather_rows(const T* src, const int64_t* pos, int len, int64_t D, int64_t Dp, T* dst) {
-  for (int c = 0; c < len; ++c) std::copy(src + pos[c] * D, src + pos[c] * D + D, dst + c * Dp);
+  for (int c = 0; c < len; ++c) {
+    const T* s = src + pos[c] * D;
+    T* o = dst + c * Dp;
+    int64_t d = 0;
+    for (; d + Simd<T>::N <= D; d += Simd<T>::N) vstore(o + d, vload(s + d));  // rows are short: no memmove call
+    for (; d < D; ++d) o[d] = s[d];
+  }
   const long pad = round_up(len, Simd<T>::N);
   for (long c = len; c < pad; ++c) std::fill(dst + c * Dp, dst + (c + 1) * Dp, T(0));
 }
