@@ -164,7 +164,7 @@ cdef struct Eng:
 # Bars are processed in chunks of at most CH; the rings hold the largest
 # window plus one chunk, so that every op can run over a whole chunk on its own.
 cdef enum:
-    CH = 256
+    CH = 128
 
 
 cdef void eng_reset_ops(Eng* E) noexcept nogil:
