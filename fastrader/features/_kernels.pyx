@@ -323,30 +323,15 @@ cdef void _macd(const double* x, long N, long fast, long slow, long sig,
             ef = f.avg
             es = s.avg
             eg = g.avg
-            i = t
-            while i + 1 < e:
-                ef = ta_ema_step(ef, x[i], f.b)
-                es = ta_ema_step(es, x[i], s.b)
-                m = ef - es
-                eg = ta_ema_step(eg, m, g.b)
-                ef = ta_ema_step(ef, x[i + 1], f.b)
-                es = ta_ema_step(es, x[i + 1], s.b)
-                m2 = ef - es
-                eg2 = ta_ema_step(eg, m2, g.b)
-                store2(line + i, m, m2)
-                store2(signal + i, eg, eg2)
-                store2(hist + i, m - eg, m2 - eg2)
-                eg = eg2
-                i += 2
-            if i < e:
-                ef = ta_ema_step(ef, x[i], f.b)
-                es = ta_ema_step(es, x[i], s.b)
+            for i in range(t, e):
+                v = x[i]
+                ef = ta_ema_step(ef, v, f.b)
+                es = ta_ema_step(es, v, s.b)
                 m = ef - es
                 eg = ta_ema_step(eg, m, g.b)
                 line[i] = m
                 signal[i] = eg
                 hist[i] = m - eg
-            store_fence()
             if finite(ef) and finite(es):
                 f.avg = ef
                 s.avg = es
