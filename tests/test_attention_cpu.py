@@ -62,14 +62,16 @@ def _compare(shape, window, dilation, sinks, seed, scale=None):
     assert not bad, f"shape={shape} window={window} dilation={dilation} sinks={sinks}: {bad}"
 
 
-# seq lengths off every block size (64), windows from 1 to > seq, sinks more
-# than one key chunk, head dims 8..128 including one that is not a multiple of 8.
+# seq lengths off every block size (64 queries, 128 keys), windows from 1 to
+# > seq, sinks over more than one key chunk, head dims 8..128 including ones
+# that are not a multiple of 8.
 SWEEP = [
     ((1, 2, 37, 8), 1, 1, 0),
     ((1, 2, 37, 8), 5, 3, 2),
     ((2, 1, 130, 16), 64, 1, 4),
     ((2, 1, 130, 16), 300, 1, 0),
     ((1, 2, 200, 32), 17, 2, 70),
+    ((1, 1, 300, 16), 9, 3, 150),  # sinks spanning two 128-key chunks
     ((1, 1, 200, 32), 256, 5, 1),
     ((1, 1, 97, 64), 40, 1, 3),
     ((1, 1, 129, 128), 33, 2, 5),
@@ -92,8 +94,8 @@ def test_parity_random_sweep():
         return options[int(torch.randint(len(options), (1,), generator=gen))]
 
     for case in range(12):
-        shape = (1, pick([1, 3]), pick([5, 63, 64, 65, 190]), pick([8, 16, 24, 32, 40]))
-        _compare(shape, pick([1, 2, 7, 64, 65, 1000]), pick([1, 2, 4]), pick([0, 1, 3, 66]), seed=100 + case)
+        shape = (1, pick([1, 3]), pick([5, 63, 64, 65, 190, 260]), pick([8, 13, 16, 24, 32, 40]))
+        _compare(shape, pick([1, 2, 7, 64, 65, 129, 1000]), pick([1, 2, 4]), pick([0, 1, 3, 66, 130]), seed=100 + case)
 
 
 def test_custom_scale():
@@ -274,3 +276,33 @@ def test_default_scale_is_inverse_sqrt_head_dim():
     b = sparse_attention(q, k, v, window=7, scale=1 / math.sqrt(16))
     assert torch.equal(a, b)
     assert not torch.allclose(a, sparse_attention(q, k, v, window=7, scale=1.0))
+
+
+@pytest.mark.parametrize("window,dilation,sinks,j", [(8, 1, 0, 60), (8, 2, 2, 61), (30, 1, 3, 99)])
+def test_non_finite_key_reaches_only_the_queries_that_attend_it(window, dilation, sinks, j):
+    """A NaN key/value at position j (a bad future candle, say) must leave every
+    query that does not attend j untouched -- no 0 * NaN through padded tiles --
+    and likewise the gradients that do not depend on those queries."""
+    shape = (1, 2, 100, 16)
+    q, k, v = _inputs(shape, seed=j, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(j + 1)
+    grad = torch.randn(shape, generator=gen)
+    mask = sparse_attention_mask(100, window, dilation, sinks)
+    rows_bad = mask[:, j]  # queries that attend j
+    keys_bad = mask[rows_bad].any(0)  # keys those queries attend
+
+    def run(k_in, v_in):
+        ts = [t.clone().requires_grad_() for t in (q, k_in, v_in)]
+        out = sparse_attention(*ts, window=window, dilation=dilation, sinks=sinks)
+        out.backward(grad)
+        return out.detach(), *(t.grad for t in ts)
+
+    k_bad, v_bad = k.clone(), v.clone()
+    k_bad[..., j, 3] = float("nan")
+    v_bad[..., j, 5] = float("inf")
+    clean, dirty = run(k, v), run(k_bad, v_bad)
+    good_rows, good_keys = ~rows_bad, ~keys_bad
+    for name, c, d, sel in zip(("out", "dq", "dk", "dv"), clean, dirty, (good_rows, good_rows, good_keys, good_keys)):
+        assert torch.isfinite(d[..., sel, :]).all(), name
+        torch.testing.assert_close(d[..., sel, :], c[..., sel, :], rtol=0, atol=1e-6, msg=name)
+    assert not torch.isfinite(dirty[0][..., j, :]).all()  # and the query at j does see it

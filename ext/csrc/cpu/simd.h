@@ -95,13 +95,15 @@ FR_INLINE vec_t<T> vmax(vec_t<T> a, vec_t<T> b) {
 
 #if defined(__AVX2__)
 FR_INLINE Simd<float>::V vexp2(Simd<float>::V xv) {
-  const __m256 x = (__m256)xv;
-  const __m256 dead = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_LT_OQ);
+  // Clamping at -127 makes the biased exponent 0, i.e. a scale of +0.0, so
+  // dead lanes come out as exactly 0 without a compare and mask. maxps
+  // returns its second operand when one is NaN: NaN scores stay NaN.
+  const __m256 x = _mm256_max_ps(_mm256_set1_ps(-127.0f), (__m256)xv);
   const __m256i ni = _mm256_cvtps_epi32(x);  // round to nearest
   const __m256 f = _mm256_sub_ps(x, _mm256_cvtepi32_ps(ni));
   const __m256 p = FR_EXP2_POLY((Simd<float>::V)f);
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23);
-  return (Simd<float>::V)_mm256_andnot_ps(dead, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  return (Simd<float>::V)_mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 #else
 FR_INLINE Simd<float>::V vexp2(Simd<float>::V x) {

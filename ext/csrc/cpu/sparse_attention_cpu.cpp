@@ -177,6 +177,34 @@ FR_INLINE void mask_row(const Geometry& g, const Chunk& ch, int64_t i, int lo, i
   if (ch.sink) sink_exclude(g, ch, i, hi, [&](int c) { s[c] = neg_inf<T>(); });
 }
 
+// C[r] += sum_{k in [lo[r], hi[r])} A[r*ars + k*acs] * B[k*ldb + 0..n1) for the
+// mr rows of a register block, each over exactly its own range: the range
+// all rows share goes through the mr-row tile, the ragged ends row by row.
+// A row never reads a B row outside its range, so a NaN/inf in a key (or
+// query) it does not attend -- a future one in particular -- cannot leak in
+// through 0 * inf, and nothing outside the band needs zeroing.
+template <typename T>
+FR_INLINE void ragged_acc(int mr, const int* lo, const int* hi, const T* A, long ars, long acs,
+                          const T* B, long ldb, long n1, T* C, long ldc) {
+  int cl = 0, ch = std::numeric_limits<int>::max();
+  bool full = true;
+  for (int r = 0; r < mr; ++r) {
+    full = full && lo[r] < hi[r];
+    cl = std::max(cl, lo[r]);
+    ch = std::min(ch, hi[r]);
+  }
+  if (!full || cl >= ch) {
+    for (int r = 0; r < mr; ++r)
+      if (lo[r] < hi[r]) tile<T, 1, true>(A + r * ars, ars, acs, B, ldb, lo[r], hi[r], 0, n1, C + r * ldc, ldc);
+    return;
+  }
+  tile_rows<T, true>(mr, A, ars, acs, B, ldb, cl, ch, 0, n1, C, ldc);
+  for (int r = 0; r < mr; ++r) {
+    if (lo[r] < cl) tile<T, 1, true>(A + r * ars, ars, acs, B, ldb, lo[r], cl, 0, n1, C + r * ldc, ldc);
+    if (ch < hi[r]) tile<T, 1, true>(A + r * ars, ars, acs, B, ldb, ch, hi[r], 0, n1, C + r * ldc, ldc);
+  }
+}
+
 // ----------------------------------------------------------------- forward
 
 template <typename T>
@@ -229,7 +257,7 @@ void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T*
       for (int rr = 0; rr < mr; ++rr)
         mask_row(g, ch, g.pos(r, t0 + g0 + rr), lo[rr], hi[rr], a_lo, a_hi, Sg + rr * ld);
       softmax_group(Sg, ld, mr, a_lo, a_hi, M + g0, L + g0 * VN, O + g0 * Dp, Dp);
-      tile_rows<T, true>(mr, Sg, ld, 1, VR, Dp, a_lo, a_hi, 0, Dp, O + g0 * Dp, Dp);
+      ragged_acc(mr, lo, hi, Sg, ld, 1, VR, Dp, Dp, O + g0 * Dp, Dp);
     }
   };
 
@@ -329,21 +357,18 @@ void gather_bwd(const Geometry& g, const Head<T>& h, const int64_t* pos, int len
   gather_rows(h.k, pos, len, g.D, g.Dp, sc.kr.data());
 }
 
-// P = 2^(S - lse) (base-2 scores and lse) and dS = P * (dP - Delta) of the loaded rows against the
-// gathered chunk, exactly 0 wherever a key is not attended. rows_t are the
-// strided indices (window chunks only). Adds dS K into sc.dq.
+// P = 2^(S - lse) (base-2 scores and lse) and dS = P * (dP - Delta) of the
+// loaded rows against the gathered chunk; P is 0 where a key is not attended.
+// Only entries inside each row's band are meaningful (and only those are read
+// later). rows_t are the strided indices (window chunks only). With want_dq,
+// adds dS K into sc.dq.
 template <typename T>
 void bwd_scores(const Geometry& g, const Chunk& ch, const int64_t* pos, const int64_t* rows_t,
-                int nrows, bool zero_tiles, BwdScratch<T>& sc) {
+                int nrows, bool want_dq, BwdScratch<T>& sc) {
   using V = vec_t<T>;
   constexpr int VN = Simd<T>::N;
   const long Dp = g.Dp, ld = kBK;
   T *P = sc.p.data(), *DS = sc.ds.data();
-  // The transposed dK/dV products read whole columns of P and dS.
-  if (zero_tiles) {
-    std::fill(P, P + nrows * ld, T(0));
-    std::fill(DS, DS + nrows * ld, T(0));
-  }
   for (int g0 = 0; g0 < nrows; g0 += kMR) {
     const int mr = std::min(kMR, nrows - g0);
     int lo[kMR], hi[kMR], glo = (int)ld, ghi = 0;
@@ -373,35 +398,26 @@ void bwd_scores(const Geometry& g, const Chunk& ch, const int64_t* pos, const in
         vstore(ds + c, pv * (vload(ds + c) - dv));
       }
     }
-    tile_rows<T, true>(mr, Dg, ld, 1, sc.kr.data(), Dp, a_lo, a_hi, 0, Dp, sc.dq.data() + g0 * Dp, Dp);
+    if (want_dq) ragged_acc(mr, lo, hi, Dg, ld, 1, sc.kr.data(), Dp, Dp, sc.dq.data() + g0 * Dp, Dp);
   }
 }
 
-// dV_c = sum_rows P[row, c] dO_row and dK_c = sum_rows dS[row, c] (scale q_row)
-// for the chunk's keys, into sc.dvc / sc.dkc; rows_of(c0, c1) gives the rows
-// [rlo, rhi) that can attend keys [c0, c1).
+// Adds dV_c += sum_rows P[row, c] dO_row and dK_c += sum_rows dS[row, c] q_row
+// (q scaled as loaded) for the chunk's keys into sc.dvc / sc.dkc, each key over
+// exactly the rows [rlo, rhi) = rows_of(c) that attend it.
 template <typename T, typename Rows>
-void bwd_dkv(const Geometry& g, int len, Rows rows_of, bool acc, BwdScratch<T>& sc) {
+void bwd_dkv(const Geometry& g, int len, Rows rows_of, BwdScratch<T>& sc) {
   const long Dp = g.Dp, ld = kBK;
+  int rlo[kMR], rhi[kMR];
   for (int c0 = 0; c0 < len; c0 += kMR) {
     const int km = std::min(kMR, len - c0);
-    const auto [rlo, rhi] = rows_of(c0, c0 + km);
-    T* dv = sc.dvc.data() + c0 * Dp;
-    T* dk = sc.dkc.data() + c0 * Dp;
-    if (rlo >= rhi) {
-      if (!acc) {
-        std::fill(dv, dv + km * Dp, T(0));
-        std::fill(dk, dk + km * Dp, T(0));
-      }
-      continue;
+    for (int c = 0; c < km; ++c) {
+      const auto range = rows_of(c0 + c);
+      rlo[c] = (int)range.first;
+      rhi[c] = (int)range.second;
     }
-    if (acc) {
-      tile_rows<T, true>(km, sc.p.data() + c0, 1, ld, sc.dout.data(), Dp, rlo, rhi, 0, Dp, dv, Dp);
-      tile_rows<T, true>(km, sc.ds.data() + c0, 1, ld, sc.q.data(), Dp, rlo, rhi, 0, Dp, dk, Dp);
-    } else {
-      tile_rows<T, false>(km, sc.p.data() + c0, 1, ld, sc.dout.data(), Dp, rlo, rhi, 0, Dp, dv, Dp);
-      tile_rows<T, false>(km, sc.ds.data() + c0, 1, ld, sc.q.data(), Dp, rlo, rhi, 0, Dp, dk, Dp);
-    }
+    ragged_acc(km, rlo, rhi, sc.p.data() + c0, 1, ld, sc.dout.data(), Dp, Dp, sc.dvc.data() + c0 * Dp, Dp);
+    ragged_acc(km, rlo, rhi, sc.ds.data() + c0, 1, ld, sc.q.data(), Dp, Dp, sc.dkc.data() + c0 * Dp, Dp);
   }
 }
 
@@ -436,7 +452,7 @@ void bwd_segment(const Geometry& g, const Head<T>& h, const SegTask& task, T* ha
         const Chunk ch{true, j0, (int)std::min<int64_t>(kBK, send - j0)};
         for (int c = 0; c < ch.len; ++c) kpos[c] = j0 + c;
         gather_bwd(g, h, kpos, ch.len, sc);
-        bwd_scores(g, ch, pos, rows_t, nrows, false, sc);
+        bwd_scores(g, ch, pos, rows_t, nrows, true, sc);
       }
     }
     for (int64_t c0 = std::max<int64_t>(0, t0 - g.W + 1); c0 < t1; c0 += kBK) {
@@ -445,12 +461,12 @@ void bwd_segment(const Geometry& g, const Head<T>& h, const SegTask& task, T* ha
       gather_bwd(g, h, kpos, ch.len, sc);
       bwd_scores(g, ch, pos, rows_t, nrows, true, sc);
       // rows t attend key t' iff t' <= t < t' + W
-      auto rows_of = [&](int c_lo, int c_hi) {
-        const int64_t rlo = std::max<int64_t>(0, c0 + c_lo - t0);
-        const int64_t rhi = std::min<int64_t>(nrows, c0 + c_hi - 1 + g.W - t0);
-        return std::make_pair(rlo, rhi);
+      auto rows_of = [&](int c) {
+        return std::make_pair(std::max<int64_t>(0, c0 + c - t0), std::min<int64_t>(nrows, c0 + c + g.W - t0));
       };
-      bwd_dkv(g, ch.len, rows_of, false, sc);
+      std::fill(sc.dkc.data(), sc.dkc.data() + ch.len * Dp, T(0));
+      std::fill(sc.dvc.data(), sc.dvc.data() + ch.len * Dp, T(0));
+      bwd_dkv(g, ch.len, rows_of, sc);
       for (int c = 0; c < ch.len; ++c) {
         const int64_t tk = c0 + c;
         T *dk, *dv;
@@ -489,8 +505,12 @@ void bwd_sinks(const Geometry& g, const Head<T>& h, int64_t j0, int len, T scale
     const int nrows = (int)std::min<int64_t>(kBQ, g.N - i0);
     for (int row = 0; row < nrows; ++row) pos[row] = i0 + row;
     load_rows(g, h, pos, nrows, scale, sc);
-    bwd_scores(g, ch, pos, nullptr, nrows, true, sc);  // its dQ part is discarded
-    bwd_dkv(g, len, [&](int, int) { return std::make_pair<int64_t, int64_t>(0, nrows); }, true, sc);
+    bwd_scores(g, ch, pos, nullptr, nrows, false, sc);
+    // every query i >= j attends sink key j (through the sink rule or the window)
+    auto rows_of = [&](int c) {
+      return std::make_pair(std::max<int64_t>(0, j0 + c - i0), static_cast<int64_t>(nrows));
+    };
+    bwd_dkv(g, len, rows_of, sc);
   }
   for (int c = 0; c < len; ++c)
     for (long d = 0; d < D; ++d) {
