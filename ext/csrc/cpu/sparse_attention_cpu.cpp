@@ -110,8 +110,21 @@ void gather_rows(const T* src, const int64_t* pos, int len, int64_t D, int64_t D
     for (; d + Simd<T>::N <= D; d += Simd<T>::N) vstore(o + d, vload(s + d));  // rows are short: no memmove call
     for (; d < D; ++d) o[d] = s[d];
   }
-  const long pad = round_up(len, Simd<T>::N);
-  for (long c = len; c < pad; ++c) std::fill(dst + c * Dp, dst + (c + 1) * Dp, T(0));
+}
+
+// Key rows as a row-major B operand (ragged_acc reads only rows inside each
+// query's band): the tensor itself when the chunk's keys are equally spaced
+// (step positions apart) and rows need no padding, else a padded copy.
+template <typename T>
+const T* key_rows(const T* src, const int64_t* pos, int len, int64_t step, int64_t D, int64_t Dp, T* scratch,
+                  long& ldb) {
+  if (D == Dp) {
+    ldb = step * D;
+    return src + pos[0] * D;
+  }
+  gather_rows(src, pos, len, D, Dp, scratch);
+  ldb = Dp;
+  return scratch;
 }
 
 // 2^x of 8 scalars, vectorised (the per-row rescale factors of a group).
@@ -238,7 +251,8 @@ void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T*
   auto process = [&](const Chunk& ch) {
     for (int c = 0; c < ch.len; ++c) pos[c] = ch.sink ? ch.start + c : g.pos(r, ch.start + c);
     gather_cols(k, pos, ch.len, D, Dp, KT, ld);
-    gather_rows(v, pos, ch.len, D, Dp, VR);
+    long ldv;
+    const T* VB = key_rows(v, pos, ch.len, ch.sink ? 1 : g.dil, D, Dp, VR, ldv);
     for (int g0 = 0; g0 < nrows; g0 += kMR) {
       const int mr = std::min(kMR, nrows - g0);
       int lo[kMR], hi[kMR], glo = (int)ld, ghi = 0;
@@ -257,7 +271,7 @@ void fwd_block(const Geometry& g, const T* q, const T* k, const T* v, T* out, T*
       for (int rr = 0; rr < mr; ++rr)
         mask_row(g, ch, g.pos(r, t0 + g0 + rr), lo[rr], hi[rr], a_lo, a_hi, Sg + rr * ld);
       softmax_group(Sg, ld, mr, a_lo, a_hi, M + g0, L + g0 * VN, O + g0 * Dp, Dp);
-      ragged_acc(mr, lo, hi, Sg, ld, 1, VR, Dp, Dp, O + g0 * Dp, Dp);
+      ragged_acc(mr, lo, hi, Sg, ld, 1, VB, ldv, Dp, O + g0 * Dp, Dp);
     }
   };
 
@@ -320,6 +334,8 @@ Head<T> head_at(const Head<T>& h, const Geometry& g, int64_t bh) {
 template <typename T>
 struct BwdScratch {
   std::vector<T> q, dout, delta, lse, dq, p, ds, kt, vt, kr, dkc, dvc;
+  const T* kb = nullptr;  // key rows of the current chunk (kr or the tensor)
+  long ldkb = 0;
   explicit BwdScratch(int64_t Dp)
       : q(kBQ * Dp), dout(kBQ * Dp), delta(kBQ), lse(kBQ), dq(kBQ * Dp), p(kBQ * kBK),
         ds(kBQ * kBK), kt(Dp * kBK), vt(Dp * kBK), kr(kBK * Dp), dkc(kBK * Dp), dvc(kBK * Dp) {}
@@ -351,10 +367,10 @@ void load_rows(const Geometry& g, const Head<T>& h, const int64_t* pos, int nrow
 // Gathers a chunk's keys for the backward: K^T and V^T for the score and dP
 // GEMMs, K row-major for dQ.
 template <typename T>
-void gather_bwd(const Geometry& g, const Head<T>& h, const int64_t* pos, int len, BwdScratch<T>& sc) {
-  gather_cols(h.k, pos, len, g.D, g.Dp, sc.kt.data(), kBK);
-  gather_cols(h.v, pos, len, g.D, g.Dp, sc.vt.data(), kBK);
-  gather_rows(h.k, pos, len, g.D, g.Dp, sc.kr.data());
+void gather_bwd(const Geometry& g, const Head<T>& h, const Chunk& ch, const int64_t* pos, BwdScratch<T>& sc) {
+  gather_cols(h.k, pos, ch.len, g.D, g.Dp, sc.kt.data(), kBK);
+  gather_cols(h.v, pos, ch.len, g.D, g.Dp, sc.vt.data(), kBK);
+  sc.kb = key_rows(h.k, pos, ch.len, ch.sink ? 1 : g.dil, g.D, g.Dp, sc.kr.data(), sc.ldkb);
 }
 
 // P = 2^(S - lse) (base-2 scores and lse) and dS = P * (dP - Delta) of the
@@ -398,7 +414,7 @@ void bwd_scores(const Geometry& g, const Chunk& ch, const int64_t* pos, const in
         vstore(ds + c, pv * (vload(ds + c) - dv));
       }
     }
-    if (want_dq) ragged_acc(mr, lo, hi, Dg, ld, 1, sc.kr.data(), Dp, Dp, sc.dq.data() + g0 * Dp, Dp);
+    if (want_dq) ragged_acc(mr, lo, hi, Dg, ld, 1, sc.kb, sc.ldkb, Dp, sc.dq.data() + g0 * Dp, Dp);
   }
 }
 
@@ -451,14 +467,14 @@ void bwd_segment(const Geometry& g, const Head<T>& h, const SegTask& task, T* ha
       for (int64_t j0 = 0; j0 < send; j0 += kBK) {
         const Chunk ch{true, j0, (int)std::min<int64_t>(kBK, send - j0)};
         for (int c = 0; c < ch.len; ++c) kpos[c] = j0 + c;
-        gather_bwd(g, h, kpos, ch.len, sc);
+        gather_bwd(g, h, ch, kpos, sc);
         bwd_scores(g, ch, pos, rows_t, nrows, true, sc);
       }
     }
     for (int64_t c0 = std::max<int64_t>(0, t0 - g.W + 1); c0 < t1; c0 += kBK) {
       const Chunk ch{false, c0, (int)std::min<int64_t>(kBK, t1 - c0)};
       for (int c = 0; c < ch.len; ++c) kpos[c] = g.pos(r, c0 + c);
-      gather_bwd(g, h, kpos, ch.len, sc);
+      gather_bwd(g, h, ch, kpos, sc);
       bwd_scores(g, ch, pos, rows_t, nrows, true, sc);
       // rows t attend key t' iff t' <= t < t' + W
       auto rows_of = [&](int c) {
@@ -498,7 +514,7 @@ void bwd_sinks(const Geometry& g, const Head<T>& h, int64_t j0, int len, T scale
   const Chunk ch{true, j0, len};
   int64_t pos[kBQ], kpos[kBK];
   for (int c = 0; c < len; ++c) kpos[c] = j0 + c;
-  gather_bwd(g, h, kpos, len, sc);
+  gather_bwd(g, h, ch, kpos, sc);
   std::fill(sc.dkc.data(), sc.dkc.data() + len * Dp, T(0));
   std::fill(sc.dvc.data(), sc.dvc.data() + len * Dp, T(0));
   for (int64_t i0 = j0; i0 < g.N; i0 += kBQ) {
