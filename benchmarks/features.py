@@ -8,9 +8,13 @@ the indicators it has with pandas/NumPy for the rest. With the real BTC/USDT
 file present, also ``all_btc`` (the default set over the 43,780 real bars),
 pass ``batch`` and ``stream`` (FeatureStream, one bar at a time).
 
-Timing: each callable is warmed up, then run --repeat times; the median is
-reported. ``--json PATH`` writes a list of rows
-{"case", "impl", "pass", "ms", "bars", "speedup_vs_fastrader"?, "note"?}.
+Timing: the implementations of a case are warmed up, then timed in
+interleaved rounds (one call of each per round, --repeat rounds), so that
+load from other processes hits them alike; ``ms`` is the median wall time,
+``cpu_ms`` the median CPU time of this process, ``min_ms`` the fastest call.
+``--json PATH`` writes a list of rows {"case", "impl", "pass", "ms", "cpu_ms",
+"min_ms", "bars", "speedup_vs_fastrader"?, "note"?}; speedups are ratios of
+medians (wall).
 
     .venv/bin/python benchmarks/features.py [--bars 1000000] [--repeat 15] [--json out.json]
 """
@@ -25,8 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+# Idle OpenBLAS worker threads spin for a while after any BLAS call and would
+# steal a core from the timed code on a small machine; nothing here needs BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,15 +53,21 @@ def bars(n, seed=0):
     return o, h, lo, c, v
 
 
-def timeit(fn, repeat, warmup=2):
-    for _ in range(warmup):
-        fn()
-    ts = []
+def timeit(fns, repeat, warmup=2):
+    """Median wall ms, median CPU ms and min wall ms of each callable, timed in rounds."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    wall = [[] for _ in fns]
+    cpu = [[] for _ in fns]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts)
+        for j, fn in enumerate(fns):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            t1, c1 = time.perf_counter(), time.process_time()
+            wall[j].append((t1 - t0) * 1e3)
+            cpu[j].append((c1 - c0) * 1e3)
+    return [(statistics.median(w), statistics.median(c), min(w)) for w, c in zip(wall, cpu)]
 
 
 # ----------------------------------------------------------------- pandas side
@@ -187,34 +201,42 @@ def main(argv=None):
              ("all", "fastrader"): f"default_spec(), {len(spec.names)} columns, one fused pass"}
 
     rows = []
+
+    def add(case, impl, res, n, ours=None, **extra):
+        ms, cpu, mn = res
+        row = {"case": case, "impl": impl, "pass": extra.pop("pass_", "batch"), "ms": ms, "cpu_ms": cpu,
+               "min_ms": mn, "bars": n}
+        if ours is not None:
+            row["speedup_vs_fastrader"] = ms / ours
+        row.update(extra)
+        rows.append(row)
+
     for case, (f_ours, f_ta, f_pd) in cases.items():
-        ours = timeit(f_ours, args.repeat)
-        rows.append({"case": case, "impl": "fastrader", "pass": "batch", "ms": ours, "bars": args.bars})
+        fns = [f_ours] + ([f_ta] if talib is not None else [])
+        res = timeit(fns, args.repeat)
+        add(case, "fastrader", res[0], args.bars)
         if talib is not None:
-            ms = timeit(f_ta, args.repeat)
-            rows.append({"case": case, "impl": "talib", "pass": "batch", "ms": ms, "bars": args.bars,
-                         "speedup_vs_fastrader": ms / ours})
-        ms = timeit(f_pd, slow_rep, warmup=1)
-        rows.append({"case": case, "impl": "pandas", "pass": "batch", "ms": ms, "bars": args.bars,
-                     "speedup_vs_fastrader": ms / ours})
+            add(case, "talib", res[1], args.bars, ours=res[0][0])
+        # pandas is 5-50x slower: fewer rounds, interleaved with ours again
+        res_pd = timeit([f_ours, f_pd], slow_rep, warmup=1)
+        add(case, "pandas", res_pd[1], args.bars, ours=res_pd[0][0])
 
     if REAL.is_file():
         df = pd.read_csv(REAL)
         ro, rh, rl, rc, rv = (df[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume"))
-        ours = timeit(lambda: ff.compute_features(spec, ro, rh, rl, rc, rv), args.repeat * 3)
-        rows.append({"case": "all_btc", "impl": "fastrader", "pass": "batch", "ms": ours, "bars": len(rc)})
-        ms = timeit(lambda: pd_default(df.open, df.high, df.low, df.close, df.volume), slow_rep, warmup=1)
-        rows.append({"case": "all_btc", "impl": "pandas", "pass": "batch", "ms": ms, "bars": len(rc),
-                     "speedup_vs_fastrader": ms / ours})
+        res = timeit([lambda: ff.compute_features(spec, ro, rh, rl, rc, rv),
+                      lambda: pd_default(df.open, df.high, df.low, df.close, df.volume)], args.repeat)
+        add("all_btc", "fastrader", res[0], len(rc))
+        add("all_btc", "pandas", res[1], len(rc), ours=res[0][0])
 
         def stream():
             fs = ff.FeatureStream(spec)
             for b in zip(ro.tolist(), rh.tolist(), rl.tolist(), rc.tolist(), rv.tolist()):
                 fs.update(*b)
 
-        ms = timeit(stream, 3, warmup=1)
-        rows.append({"case": "all_btc", "impl": "fastrader", "pass": "stream", "ms": ms, "bars": len(rc),
-                     "note": f"{ms * 1e3 / len(rc):.2f} us per bar, Python loop included"})
+        (ms, cpu, mn), = timeit([stream], 3, warmup=1)
+        add("all_btc", "fastrader", (ms, cpu, mn), len(rc), pass_="stream",
+            note=f"{ms * 1e3 / len(rc):.2f} us per bar, Python loop included")
     else:
         print(f"real data not found at {REAL}: all_btc rows skipped", file=sys.stderr)
 
@@ -222,14 +244,17 @@ def main(argv=None):
         if (r["case"], r["impl"]) in notes:
             r.setdefault("note", notes[(r["case"], r["impl"])])
 
-    print(f"fastrader.features benchmark, {args.bars:,} bars, median of {args.repeat} "
-          f"(pandas {slow_rep}), {os.cpu_count()} CPUs")
-    print(f"{'case':<10} {'impl':<10} {'pass':<7} {'bars':>9} {'ms':>10} {'x fastrader':>12}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"fastrader.features benchmark, {args.bars:,} bars, median of {args.repeat} rounds "
+          f"(pandas {slow_rep}), {os.cpu_count()} CPUs, load average {load:.1f}")
+    print(f"{'case':<10} {'impl':<10} {'pass':<7} {'bars':>9} {'ms':>10} {'cpu_ms':>10} {'min_ms':>10} "
+          f"{'x fastrader':>12}")
     for r in rows:
         sp = r.get("speedup_vs_fastrader")
-        print(f"{r['case']:<10} {r['impl']:<10} {r['pass']:<7} {r['bars']:>9,} {r['ms']:>10.3f} "
-              f"{(f'{sp:.2f}x' if sp else ''):>12}")
-    print("'x fastrader': the impl's time over fastrader's (>1: fastrader is faster)")
+        print(f"{r['case']:<10} {r['impl']:<10} {r['pass']:<7} {r['bars']:>9,} {r['ms']:>10.3f} {r['cpu_ms']:>10.3f} "
+              f"{r['min_ms']:>10.3f} {(f'{sp:.2f}x' if sp else ''):>12}")
+    print("'x fastrader': the impl's median time over fastrader's median in the same rounds "
+          "(>1: fastrader is faster)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
         print(f"wrote {args.json}")

@@ -124,3 +124,17 @@ def test_normalizer_clip_and_errors():
         Normalizer.from_dict({"mean": [0.0, 1.0], "std": [1.0, 0.0]})
     with pytest.raises(CheckpointError):
         Normalizer.from_dict({"std": [1.0]})
+
+
+def test_compute_into_preallocated_out():
+    spec = default_spec()
+    bars = walk(1000, 5)
+    ref = compute_features(spec, *bars)
+    out = np.full((1000, len(spec.names)), 123.0)
+    got = compute_features(spec, *bars, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(DataError, match="out must be"):
+        compute_features(spec, *bars, out=np.empty((1000, len(spec.names) + 1)))
+    with pytest.raises(DataError, match="out must be"):
+        compute_features(spec, *bars, out=np.empty((len(spec.names), 1000)).T)

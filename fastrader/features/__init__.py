@@ -32,18 +32,28 @@ __all__ = [
 
 
 def compute_features(spec: FeatureSpec, open, high, low, close, volume, *,
-                     on_bad: str = "raise", return_flags: bool = False):
+                     on_bad: str = "raise", return_flags: bool = False, out=None):
     """All features of `spec` over the bars, in one fused pass.
 
     Returns a C-contiguous float64 array (bars x len(spec.names)), NaN during
     each column's warm-up; with ``return_flags`` also the per-bar flag bytes
-    (see ``fastrader.features.validate``).
+    (see ``fastrader.features.validate``). ``out``: an existing C-contiguous
+    float64 array of that shape to fill instead (saves allocating, and the
+    kernel zeroing, a fresh array on every call of a sweep).
     """
     stop = check_on_bad(on_bad)
     o, h, l, c, v = as_arrays(open, high, low, close, volume)
+    F = len(spec.names)
+    if out is not None:
+        if (not isinstance(out, np.ndarray) or out.dtype != np.float64 or out.shape != (len(c), F)
+                or not out.flags.c_contiguous or not out.flags.writeable):
+            from fastrader.errors import DataError
+
+            raise DataError(f"compute_features: out must be a writeable C-contiguous float64 array of shape "
+                            f"{(len(c), F)}, got {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
     norm = spec.normalize["window"] if spec.normalize else 0
-    eng = Engine(spec._program(), len(spec.names), norm, spec._capacity())
-    X, flags, bad = eng.run(o, h, l, c, v, stop, return_flags or stop)
+    eng = Engine(spec._program(), F, norm, spec._capacity())
+    X, flags, bad = eng.run(o, h, l, c, v, stop, return_flags or stop, out)
     if bad >= 0:
         raise bad_bar_error(bad, int(flags[bad]), (o[bad], h[bad], l[bad], c[bad], v[bad]))
     return (X, flags) if return_flags else X

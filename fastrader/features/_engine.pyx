@@ -112,7 +112,66 @@ cdef extern from *:
         for (long i = 0; i < n; i++) dst[i] = src[i];
     }
     #endif
+    /* Element-wise finishing formulas over a chunk (contiguous inputs, NaN
+       marks "not valid yet"): plain loops, so sqrt/div go packed. Written
+       result to y; the caller scatters y into the rows. */
+    static void fr_recip(double* __restrict y, const double* __restrict a, long n) {
+        for (long i = 0; i < n; i++) y[i] = 1.0 / a[i];
+    }
+    static void fr_sqrt(double* __restrict y, const double* __restrict a, long n) {
+        for (long i = 0; i < n; i++) y[i] = __builtin_sqrt(a[i]);
+    }
+    static void fr_rel(double* __restrict y, const double* __restrict c, const double* __restrict a, long n) {
+        for (long i = 0; i < n; i++) y[i] = c[i] / a[i] - 1.0;
+    }
+    static void fr_rsi(double* __restrict y, const double* __restrict g, const double* __restrict l, long n) {
+        for (long i = 0; i < n; i++) {
+            double s = g[i] + l[i];
+            double r = s > 0.0 ? 100.0 * (g[i] / s) : 50.0;
+            y[i] = g[i] == g[i] ? r : g[i];
+        }
+    }
+    static void fr_z(double* __restrict y, const double* __restrict d, const double* __restrict var, long n) {
+        for (long i = 0; i < n; i++) {
+            double sd = __builtin_sqrt(var[i]);
+            y[i] = sd > 0.0 ? d[i] / sd : __builtin_nan("");
+        }
+    }
+    static void fr_ratio_pos(double* __restrict y, const double* __restrict a, const double* __restrict b, long n) {
+        /* a / b where b > 0, else NaN */
+        for (long i = 0; i < n; i++) y[i] = b[i] > 0.0 ? a[i] / b[i] : __builtin_nan("");
+    }
+    static void fr_vwap_dev(double* __restrict y, const double* __restrict c, const double* __restrict pv,
+                            const double* __restrict v, long n) {
+        for (long i = 0; i < n; i++) y[i] = v[i] > 0.0 ? c[i] * v[i] / pv[i] - 1.0 : __builtin_nan("");
+    }
+    static void fr_intrabar(double* __restrict y, const double* __restrict h, const double* __restrict l,
+                            const double* __restrict c, long n) {
+        for (long i = 0; i < n; i++) y[i] = h[i] > l[i] ? (c[i] - l[i]) / (h[i] - l[i]) : 0.5;
+    }
+    static void fr_bb(double* __restrict y, int kind, const double* __restrict c, const double* __restrict mean,
+                      const double* __restrict var, double k, long n) {
+        /* kind 0: %b, 1: bandwidth, 2: std * k */
+        for (long i = 0; i < n; i++) {
+            double sd = __builtin_sqrt(var[i]);
+            double w = k * sd, up = mean[i] + w, lo = mean[i] - w;
+            double r;
+            if (kind == 0) r = up > lo ? (c[i] - lo) / (up - lo) : __builtin_nan("");
+            else if (kind == 1) r = (up - lo) / mean[i];
+            else r = sd * k;
+            y[i] = r;
+        }
+    }
     """
+    void fr_recip(double* y, const double* a, long n) noexcept nogil
+    void fr_sqrt(double* y, const double* a, long n) noexcept nogil
+    void fr_rel(double* y, const double* c, const double* a, long n) noexcept nogil
+    void fr_rsi(double* y, const double* g, const double* l, long n) noexcept nogil
+    void fr_z(double* y, const double* d, const double* var, long n) noexcept nogil
+    void fr_ratio_pos(double* y, const double* a, const double* b, long n) noexcept nogil
+    void fr_vwap_dev(double* y, const double* c, const double* pv, const double* v, long n) noexcept nogil
+    void fr_intrabar(double* y, const double* h, const double* l, const double* c, long n) noexcept nogil
+    void fr_bb(double* y, int kind, const double* c, const double* mean, const double* var, double k, long n) noexcept nogil
     void stream_copy "fastrader_stream_copy" (double* dst, const double* src, long n) noexcept nogil
     void flags_block "fastrader_bar_flags" (const double* o, const double* h, const double* l,
                                             const double* c, const double* v, unsigned char* f,
@@ -138,8 +197,8 @@ cdef struct Op:
     Smooth m2
     Smooth m3
     int src       # Bollinger family: index of an earlier op on the same window, or -1
-    double* mean  # Bollinger family: per-chunk mean and std (NaN while warming up)
-    double* sd
+    double* mean  # Bollinger family: per-chunk mean and variance (NaN while warming up)
+    double* var
 
 
 cdef struct Eng:
@@ -151,12 +210,16 @@ cdef struct Eng:
     long norm_w   # rolling z-score window, 0 for none
     bint need_r   # which derived series some op reads
     bint need_pv
+    bint need_ic  # 1 / close, for the features scaled by the close
     Op* ops
     double* C     # rings: close, volume, typical price * volume, 1-bar log return
     double* V
     double* PV
     double* R
     double* X     # chunk scratch rows (CH x ncols): ops write here, then one copy out
+    double* A     # per-op chunk scratch (3 x CH): recursion state, then finished values
+    double* B
+    double* Y
     Roll* nr      # per-column rolling moments of the normalisation
     double* NB    # per-column rings of raw feature values (ncols x capacity)
 
@@ -179,6 +242,12 @@ cdef void eng_reset_ops(Eng* E) noexcept nogil:
         smooth_reset(&op.m3)
 
 
+cdef inline void scatter(double* o, long F, const double* y, long m) noexcept nogil:
+    cdef long k
+    for k in range(m):
+        o[k * F] = y[k]
+
+
 cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
                      const double* l, const double* c, const double* v,
                      const double* ic, double* out) noexcept nogil:
@@ -186,14 +255,20 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
 
     Inputs are the segment's own arrays (c[k] is bar t0+k); trailing values
     come from the rings. Row k of the output starts at out + k * ncols.
+    Recursions first leave their state per bar in the scratch arrays A, B
+    (NaN while not valid); a packed element-wise pass then finishes the
+    values (divisions and square roots) into Y, which is scattered into the
+    rows.
     """
-    cdef long F = E.ncols, msk = E.mask, k, t, s
+    cdef long F = E.ncols, msk = E.mask, k, t
     cdef int kind = op.kind
-    cdef int col = op.col
-    cdef double x, y, d, sd, w, up, lo, pc, scale
-    cdef double* o = out + col
+    cdef double x, d, sd, w, up, lo, scale
+    cdef double* o = out + op.col
+    cdef double* A = E.A
+    cdef double* B = E.B
+    cdef double* Y = E.Y
     cdef double* mean
-    cdef double* sdv
+    cdef double* var
     cdef bint ok
     # work on local copies of the state: the output stores could alias the
     # heap Op, which would force a store and reload on every recursion step
@@ -215,31 +290,29 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         # the direct log is a few 1e-16, far below the returns' own size)
         for k in range(m):
             t = t0 + k
-            if roll_push1(&r1, E.R, msk, t, E.R[t & msk]):
-                o[k * F] = r1.s1
-            else:
-                o[k * F] = NAN
+            o[k * F] = r1.s1 if roll_push1(&r1, E.R, msk, t, E.R[t & msk]) else NAN
     elif kind == K_VOL:
         for k in range(m):
             t = t0 + k
-            if roll_push2(&r1, E.R, msk, t, E.R[t & msk]):
-                o[k * F] = sqrt(roll_var_sample(&r1))
-            else:
-                o[k * F] = NAN
+            A[k] = roll_var_sample(&r1) if roll_push2(&r1, E.R, msk, t, E.R[t & msk]) else NAN
+        fr_sqrt(Y, A, m)
+        scatter(o, F, Y, m)
     elif kind == K_SMA or kind == K_CLOSE_SMA:
         for k in range(m):
-            if roll_push1(&r1, E.C, msk, t0 + k, c[k]):
-                x = r1.s1 * r1.inv_n
-                o[k * F] = x if kind == K_SMA else c[k] / x - 1.0
-            else:
-                o[k * F] = NAN
+            A[k] = r1.s1 * r1.inv_n if roll_push1(&r1, E.C, msk, t0 + k, c[k]) else NAN
+        if kind == K_SMA:
+            scatter(o, F, A, m)
+        else:
+            fr_rel(Y, c, A, m)
+            scatter(o, F, Y, m)
     elif kind == K_EMA or kind == K_CLOSE_EMA:
         for k in range(m):
-            if smooth_push(&m1, c[k]):
-                x = m1.avg
-                o[k * F] = x if kind == K_EMA else c[k] / x - 1.0
-            else:
-                o[k * F] = NAN
+            A[k] = m1.avg if smooth_push(&m1, c[k]) else NAN
+        if kind == K_EMA:
+            scatter(o, F, A, m)
+        else:
+            fr_rel(Y, c, A, m)
+            scatter(o, F, Y, m)
     elif kind == K_RSI:
         for k in range(m):
             t = t0 + k
@@ -250,7 +323,10 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
                 x = d if d > 0.0 else 0.0
                 ok = smooth_push(&m1, x)
                 smooth_push(&m2, x - d)
-            o[k * F] = rsi_value(m1.avg, m2.avg) if ok else NAN
+            A[k] = m1.avg if ok else NAN
+            B[k] = m2.avg if ok else NAN
+        fr_rsi(Y, A, B, m)
+        scatter(o, F, Y, m)
     elif kind == K_ATR or kind == K_ATR_PCT:
         for k in range(m):
             t = t0 + k
@@ -279,67 +355,63 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
                 o[k * F + 1] = NAN
                 o[k * F + 2] = NAN
     elif kind == K_BBANDS or kind == K_BB_PCTB or kind == K_BB_WIDTH or kind == K_STDDEV:
-        # mean and population std of the window: computed by the first op of
-        # the family on this window, reused by the others (same numbers)
+        # mean and population variance of the window: computed by the first op
+        # of the family on this window, reused by the others (same numbers)
         if op.src < 0:
             for k in range(m):
                 if roll_push2(&r1, E.C, msk, t0 + k, c[k]):
                     op.mean[k] = roll_mean(&r1)
-                    op.sd[k] = sqrt(roll_var_pop(&r1))
+                    op.var[k] = roll_var_pop(&r1)
                 else:
                     op.mean[k] = NAN
-                    op.sd[k] = NAN
+                    op.var[k] = NAN
             mean = op.mean
-            sdv = op.sd
+            var = op.var
         else:
             mean = E.ops[op.src].mean
-            sdv = E.ops[op.src].sd
-        for k in range(m):
-            x = mean[k]
-            sd = sdv[k]
-            if kind == K_STDDEV:
-                o[k * F] = sd * p1
-            else:
-                w = p1 * sd
-                up = x + w
-                lo = x - w
-                if kind == K_BBANDS:
-                    o[k * F] = up
-                    o[k * F + 1] = x
-                    o[k * F + 2] = lo
-                elif kind == K_BB_PCTB:
-                    # flat window: the band has no width, %b is undefined
-                    o[k * F] = (c[k] - lo) / (up - lo) if up > lo else NAN
-                else:
-                    o[k * F] = (up - lo) / x
+            var = E.ops[op.src].var
+        if kind == K_BBANDS:
+            for k in range(m):
+                x = mean[k]
+                w = p1 * sqrt(var[k])
+                o[k * F] = x + w
+                o[k * F + 1] = x
+                o[k * F + 2] = x - w
+        else:
+            # %b: NaN when the band is flat (no width); stddev: std * nbdev
+            fr_bb(Y, 0 if kind == K_BB_PCTB else (1 if kind == K_BB_WIDTH else 2), c, mean, var, p1, m)
+            scatter(o, F, Y, m)
     elif kind == K_VOLUME_Z:
         for k in range(m):
             if roll_push2(&r1, E.V, msk, t0 + k, v[k]):
-                sd = sqrt(roll_var_sample(&r1))
-                # constant volume over the window (e.g. all zero): undefined
-                o[k * F] = (v[k] - roll_mean(&r1)) / sd if sd > 0.0 else NAN
+                A[k] = v[k] - roll_mean(&r1)
+                B[k] = roll_var_sample(&r1)
             else:
-                o[k * F] = NAN
+                A[k] = NAN
+                B[k] = NAN
+        # constant volume over the window (e.g. all zero): undefined, NaN
+        fr_z(Y, A, B, m)
+        scatter(o, F, Y, m)
     elif kind == K_VWAP or kind == K_VWAP_DEV:
         for k in range(m):
             t = t0 + k
             ok = roll_push1(&r1, E.PV, msk, t, E.PV[t & msk])
             roll_push1(&r2, E.V, msk, t, v[k])
-            if ok and r2.s1 > 0.0:
-                if kind == K_VWAP:
-                    o[k * F] = r1.s1 / r2.s1
-                else:
-                    o[k * F] = c[k] * r2.s1 / r1.s1 - 1.0
-            else:
-                # warm-up, or no volume traded in the whole window
-                o[k * F] = NAN
+            A[k] = r1.s1
+            # NaN (not > 0) while warming up; 0 when no volume traded in the window
+            B[k] = r2.s1 if ok else NAN
+        if kind == K_VWAP:
+            fr_ratio_pos(Y, A, B, m)
+        else:
+            fr_vwap_dev(Y, c, A, B, m)
+        scatter(o, F, Y, m)
     elif kind == K_HL_RANGE:
         for k in range(m):
             o[k * F] = (h[k] - l[k]) * ic[k]
     elif kind == K_INTRABAR:
-        for k in range(m):
-            # a bar with no range: the close is its only price, call it the middle
-            o[k * F] = (c[k] - l[k]) / (h[k] - l[k]) if h[k] > l[k] else 0.5
+        # a bar with no range: the close is its only price, call it the middle
+        fr_intrabar(Y, h, l, c, m)
+        scatter(o, F, Y, m)
     op.r1 = r1
     op.r2 = r2
     op.m1 = m1
@@ -357,7 +429,8 @@ cdef void eng_segment(Eng* E, const double* h, const double* l, const double* c,
         t = t0 + k
         E.C[t & msk] = c[k]
         E.V[t & msk] = v[k]
-        ic[k] = 1.0 / c[k]
+    if E.need_ic:
+        fr_recip(ic, c, m)
     if E.need_pv:
         for k in range(m):
             E.PV[(t0 + k) & msk] = (h[k] + l[k] + c[k]) * (1.0 / 3.0) * v[k]
@@ -469,6 +542,7 @@ cdef class Engine:
         self.E.PV = NULL
         self.E.R = NULL
         self.E.X = NULL
+        self.E.A = NULL
         self.E.nr = NULL
         self.E.NB = NULL
         while cap < capacity + CH:
@@ -486,14 +560,18 @@ cdef class Engine:
         self.E.PV = <double*>calloc(cap, sizeof(double))
         self.E.R = <double*>calloc(cap, sizeof(double))
         self.E.X = <double*>calloc(CH * max(1, ncols), sizeof(double))
+        self.E.A = <double*>calloc(3 * CH, sizeof(double))
+        self.E.B = self.E.A + CH if self.E.A != NULL else NULL
+        self.E.Y = self.E.A + 2 * CH if self.E.A != NULL else NULL
         if norm_window:
             self.E.nr = <Roll*>calloc(max(1, ncols), sizeof(Roll))
             self.E.NB = <double*>calloc(max(1, ncols) * cap, sizeof(double))
         if (self.E.ops == NULL or self.E.C == NULL or self.E.V == NULL or self.E.PV == NULL
-                or self.E.R == NULL or self.E.X == NULL or (norm_window and (self.E.nr == NULL or self.E.NB == NULL))):
+                or self.E.R == NULL or self.E.X == NULL or self.E.A == NULL or (norm_window and (self.E.nr == NULL or self.E.NB == NULL))):
             raise MemoryError("fastrader.features: cannot allocate the feature engine")
         self.E.need_r = any(p[0] in (K_VOL, K_LOGRET) for p in program)
         self.E.need_pv = any(p[0] in (K_VWAP, K_VWAP_DEV) for p in program)
+        self.E.need_ic = any(p[0] in (K_ATR_PCT, K_MACD_NORM, K_HL_RANGE) for p in program)
         for k in range(ncols if norm_window else 0):
             roll_init(&self.E.nr[k], norm_window)
         bb_first = {}
@@ -509,7 +587,7 @@ cdef class Engine:
             roll_init(&op.r2, n1)
             op.src = -1
             op.mean = NULL
-            op.sd = NULL
+            op.var = NULL
             if kind in (K_BBANDS, K_BB_PCTB, K_BB_WIDTH, K_STDDEV):
                 op.src = bb_first.setdefault(n1, k)
                 if op.src == k:
@@ -517,7 +595,7 @@ cdef class Engine:
                     op.mean = <double*>malloc(2 * CH * sizeof(double))
                     if op.mean == NULL:
                         raise MemoryError("fastrader.features: cannot allocate the feature engine")
-                    op.sd = op.mean + CH
+                    op.var = op.mean + CH
             if kind == K_EMA or kind == K_CLOSE_EMA:
                 ema_init(&op.m1, n1)
             elif kind in (K_RSI, K_ATR, K_ATR_PCT):
@@ -544,6 +622,7 @@ cdef class Engine:
         free(self.E.PV)
         free(self.E.R)
         free(self.E.X)
+        free(self.E.A)
         free(self.E.nr)
         free(self.E.NB)
 
@@ -552,14 +631,16 @@ cdef class Engine:
         """Bars stepped so far."""
         return self.E.t
 
-    def run(self, o, h, l, c, v, bint stop_on_bad, want_flags):
+    def run(self, o, h, l, c, v, bint stop_on_bad, want_flags, out=None):
         """Batch: returns (X, flags or None, index of the first bad bar or -1).
 
         With stop_on_bad the rows from the first bad bar on are left unwritten.
+        ``out``: a checked (N, ncols) C-contiguous float64 array to fill.
         """
         cdef const double[::1] ov = o, hv = h, lv = l, cv = c, vv = v
         cdef long N = cv.shape[0]
-        out = np.empty((N, self.E.ncols))
+        if out is None:
+            out = np.empty((N, self.E.ncols))
         flags = np.empty(N, dtype=np.uint8) if want_flags else None
         cdef double[:, ::1] xv = out
         cdef unsigned char[::1] fv

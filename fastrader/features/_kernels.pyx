@@ -10,6 +10,8 @@ TA-Lib, which starts at the first non-NaN value).
 
 import numpy as np
 cimport numpy as cnp
+
+from fastrader.errors import ConfigError, DataError
 from libc.math cimport sqrt
 
 from fastrader.features._common cimport (
@@ -448,13 +450,11 @@ cdef void _rolling_z(const double* x, long N, long n, double* out) noexcept nogi
 cdef cnp.ndarray _vec(x, str what):
     a = np.ascontiguousarray(x, dtype=np.float64)
     if a.ndim != 1:
-        from fastrader.errors import DataError
         raise DataError(f"{what}: expected a 1-D array, got shape {a.shape}")
     return a
 
 
 cdef long _period(n, long lo, str what) except -1:
-    from fastrader.errors import ConfigError
     if isinstance(n, bool) or int(n) != n or int(n) < lo:
         raise ConfigError(f"{what}: period must be an integer >= {lo}, got {n!r}")
     return int(n)
@@ -503,7 +503,6 @@ def atr(high, low, close, n=14):
     cdef const double[::1] l = _vec(low, "atr low")
     cdef const double[::1] c = _vec(close, "atr close")
     if not (h.shape[0] == l.shape[0] == c.shape[0]):
-        from fastrader.errors import DataError
         raise DataError(f"atr: high, low, close lengths differ ({h.shape[0]}, {l.shape[0]}, {c.shape[0]})")
     cdef cnp.ndarray o = np.empty(c.shape[0])
     cdef double[::1] ov = o
@@ -519,7 +518,6 @@ def macd(x, fast=12, slow=26, signal=9):
     The line is defined from index slow-1, signal and histogram from
     slow+signal-2 (TA-Lib reports all three from slow+signal-2).
     """
-    from fastrader.errors import ConfigError
     cdef long f = _period(fast, 1, "macd fast"), s = _period(slow, 2, "macd slow")
     cdef long g = _period(signal, 1, "macd signal")
     if f >= s:
@@ -575,7 +573,6 @@ def rolling_zscore(X, window):
     cdef long w = _period(window, 2, "rolling_zscore")
     A = np.asarray(X, dtype=np.float64)
     if A.ndim not in (1, 2):
-        from fastrader.errors import DataError
         raise DataError(f"rolling_zscore: expected a 1-D or 2-D array, got shape {A.shape}")
     A2 = A.reshape(A.shape[0], -1)
     cdef long N = A2.shape[0], F = A2.shape[1], j
