@@ -61,7 +61,8 @@ FR_INLINE void tile(const T* A, long ars, long acs, const T* B, long ldb, long k
     V c0[MR];
     for (int r = 0; r < MR; ++r) c0[r] = ACC ? vload(C + r * ldc + n) : V{};
     for (long k = k0; k < k1; ++k) {
-      const V b0 = vload(B + k * ldb + n);
+      V b0 = vload(B + k * ldb + n);
+      keep_in_register(b0);
       for (int r = 0; r < MR; ++r) c0[r] += vsplat(A[r * ars + k * acs]) * b0;
     }
     for (int r = 0; r < MR; ++r) vstore(C + r * ldc + n, c0[r]);
