@@ -141,7 +141,7 @@ template <typename T>
 FR_INLINE void softmax_group(T* S, long ld, int mr, long a_lo, long a_hi, T* M, T* Lv, T* O, long Dp) {
   using V = vec_t<T>;
   constexpr int VN = Simd<T>::N;
-  static_assert(kMR <= 8, "exp_small handles 8 rows");
+  static_assert(kMR <= 8, "exp2_small handles 8 rows");
   T m_new[8], alpha[8];
   for (int rr = 0; rr < mr; ++rr) {
     const T* s = S + rr * ld;
