@@ -1,6 +1,11 @@
 # cython: language_level=3
-# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math
+# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math -ffp-contract=off
 """The fused feature engine: one pass over the bars, every feature per bar.
+
+Compiled with -ffp-contract=off: the compiler may otherwise fuse a*b + c
+into one FMA in one inlined copy of a helper and not in another, and the same
+bar would round differently in a batch chunk and in a one-bar stream step.
+FMAs are written out where wanted (``madd``, ``ta_ema_step``).
 
 ``compute_features`` and ``FeatureStream`` both drive the same ``eng_chunk``
 on the same state (the stream with chunks of one bar), and every value is a
@@ -23,7 +28,7 @@ from libc.math cimport sqrt, log
 from libc.stdlib cimport malloc, calloc, free
 
 from fastrader.features._common cimport (
-    NAN, finite, Roll, roll_init, roll_reset, roll_push1, roll_push2, roll_mean,
+    NAN, finite, Roll, roll_init, roll_reset, roll_push1, roll_push2, roll_step1, roll_step2, roll_mean,
     roll_var_pop, roll_var_sample, Smooth, ema_init, wilder_init, smooth_reset,
     smooth_push, ema_ta_push, rsi_value, true_range,
 )
@@ -292,9 +297,18 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
             t = t0 + k
             o[k * F] = r1.s1 if roll_push1(&r1, E.R, msk, t, E.R[t & msk]) else NAN
     elif kind == K_VOL:
-        for k in range(m):
-            t = t0 + k
-            A[k] = roll_var_sample(&r1) if roll_push2(&r1, E.R, msk, t, E.R[t & msk]) else NAN
+        if r1.run >= n1:
+            # steady state: the window is full and, the bars being good, every
+            # value of this segment is finite (R is NaN only on a run's first bar)
+            for k in range(m):
+                t = t0 + k
+                roll_step2(&r1, E.R, msk, t, E.R[t & msk])
+                A[k] = roll_var_sample(&r1)
+            r1.run += m
+        else:
+            for k in range(m):
+                t = t0 + k
+                A[k] = roll_var_sample(&r1) if roll_push2(&r1, E.R, msk, t, E.R[t & msk]) else NAN
         fr_sqrt(Y, A, m)
         scatter(o, F, Y, m)
     elif kind == K_SMA or kind == K_CLOSE_SMA:
@@ -357,7 +371,14 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
     elif kind == K_BBANDS or kind == K_BB_PCTB or kind == K_BB_WIDTH or kind == K_STDDEV:
         # mean and population variance of the window: computed by the first op
         # of the family on this window, reused by the others (same numbers)
-        if op.src < 0:
+        if op.src < 0 and r1.run >= n1:
+            # steady state (see K_VOL)
+            for k in range(m):
+                roll_step2(&r1, E.C, msk, t0 + k, c[k])
+                op.mean[k] = roll_mean(&r1)
+                op.var[k] = roll_var_pop(&r1)
+            r1.run += m
+        elif op.src < 0:
             for k in range(m):
                 if roll_push2(&r1, E.C, msk, t0 + k, c[k]):
                     op.mean[k] = roll_mean(&r1)
@@ -365,6 +386,7 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
                 else:
                     op.mean[k] = NAN
                     op.var[k] = NAN
+        if op.src < 0:
             mean = op.mean
             var = op.var
         else:
@@ -381,6 +403,14 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
             # %b: NaN when the band is flat (no width); stddev: std * nbdev
             fr_bb(Y, 0 if kind == K_BB_PCTB else (1 if kind == K_BB_WIDTH else 2), c, mean, var, p1, m)
             scatter(o, F, Y, m)
+    elif kind == K_VOLUME_Z and r1.run >= n1:
+        for k in range(m):
+            roll_step2(&r1, E.V, msk, t0 + k, v[k])
+            A[k] = v[k] - roll_mean(&r1)
+            B[k] = roll_var_sample(&r1)
+        r1.run += m
+        fr_z(Y, A, B, m)
+        scatter(o, F, Y, m)
     elif kind == K_VOLUME_Z:
         for k in range(m):
             if roll_push2(&r1, E.V, msk, t0 + k, v[k]):
@@ -393,13 +423,24 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         fr_z(Y, A, B, m)
         scatter(o, F, Y, m)
     elif kind == K_VWAP or kind == K_VWAP_DEV:
-        for k in range(m):
-            t = t0 + k
-            ok = roll_push1(&r1, E.PV, msk, t, E.PV[t & msk])
-            roll_push1(&r2, E.V, msk, t, v[k])
-            A[k] = r1.s1
-            # NaN (not > 0) while warming up; 0 when no volume traded in the window
-            B[k] = r2.s1 if ok else NAN
+        if r1.run >= n1:
+            # steady state (see K_VOL)
+            for k in range(m):
+                t = t0 + k
+                roll_step1(&r1, E.PV, msk, t, E.PV[t & msk])
+                roll_step1(&r2, E.V, msk, t, v[k])
+                A[k] = r1.s1
+                B[k] = r2.s1
+            r1.run += m
+            r2.run += m
+        else:
+            for k in range(m):
+                t = t0 + k
+                ok = roll_push1(&r1, E.PV, msk, t, E.PV[t & msk])
+                roll_push1(&r2, E.V, msk, t, v[k])
+                A[k] = r1.s1
+                # NaN (not > 0) while warming up; 0 when no volume traded in the window
+                B[k] = r2.s1 if ok else NAN
         if kind == K_VWAP:
             fr_ratio_pos(Y, A, B, m)
         else:

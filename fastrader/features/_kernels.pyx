@@ -1,5 +1,5 @@
 # cython: language_level=3
-# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math
+# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math -ffp-contract=off
 """Standalone indicator kernels over one float64 array (TA-Lib's indicators).
 
 Each kernel makes one pass, writes NaN during warm-up, and treats a
