@@ -56,10 +56,14 @@ def time_ms(fn, reps, warmup=1):
         fn()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append(_once(fn))
     return statistics.median(times), min(times)
+
+
+def _once(fn):
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def measure_peak_gflops(reps=5):
@@ -89,24 +93,36 @@ def make_impls(window):
 
 
 def time_case(shape, window, impls, reps, slow_reps):
-    b, h, n, d = shape
+    """Rows (impl, pass, median ms, min ms). The implementations take turns,
+    one run each per round, so that load from other processes on a shared
+    machine hits them alike instead of whichever happened to run then."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = [torch.randn(shape, generator=gen).requires_grad_() for _ in range(3)]
     grad = torch.randn(shape, generator=gen)
     rows = []
-    for name, fn in impls.items():
-        r = reps if name == "fastrader" else slow_reps
+    for pss in ("fwd", "fwd+bwd"):
+        runs = {}
+        for name, fn in impls.items():
+            if pss == "fwd":
 
-        def fwd():
-            with torch.no_grad():
-                fn(q, k, v)
+                def run(fn=fn):
+                    with torch.no_grad():
+                        fn(q, k, v)
 
-        def fwd_bwd():
-            q.grad = k.grad = v.grad = None
-            fn(q, k, v).backward(grad)
+            else:
 
-        rows.append((name, "fwd", *time_ms(fwd, r)))
-        rows.append((name, "fwd+bwd", *time_ms(fwd_bwd, r)))
+                def run(fn=fn):
+                    q.grad = k.grad = v.grad = None
+                    fn(q, k, v).backward(grad)
+
+            run()  # warm-up
+            runs[name] = (run, reps if name == "fastrader" else slow_reps, [])
+        for rnd in range(max(r for _, r, _ in runs.values())):
+            for run, r, times in runs.values():
+                if rnd < r:
+                    times.append(_once(run))
+        for name, (_, _, times) in runs.items():
+            rows.append((name, pss, statistics.median(times), min(times)))
     return rows
 
 
