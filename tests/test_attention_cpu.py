@@ -221,6 +221,7 @@ def test_empty_batch():
         ({"sinks": -1}, "sinks"),
         ({"scale": float("nan")}, "scale"),
         ({"window": 2**70}, "window"),
+        ({"window": 2**40, "dilation": 2**40}, "window \\* dilation"),
     ],
 )
 def test_bad_parameters_raise_value_error(kwargs, match):

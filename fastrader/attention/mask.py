@@ -16,5 +16,6 @@ def sparse_attention_mask(seq_len, window, dilation=1, sinks=0, device=None):
     j = torch.arange(seq_len, device=device).unsqueeze(0)
     diff = i - j
     causal = diff >= 0
-    in_window = causal & (diff < window * dilation) & (diff % dilation == 0)
+    span = min(window, max(seq_len, 1)) * dilation  # a wider window changes nothing
+    in_window = causal & (diff < span) & (diff % dilation == 0)
     return in_window | (causal & (j < sinks))

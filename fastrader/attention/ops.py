@@ -22,7 +22,7 @@ except ImportError as exc:  # not built: report it when the op is used
 
 HEAD_DIM_RANGE = (8, 128)
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_INT_MAX = 2**62  # keeps window * dilation inside int64 everywhere
+_INT_MAX = 2**62  # window, dilation, sinks and window * dilation all fit in int64
 
 
 class AttentionArgumentError(FastraderError, ValueError):
@@ -96,6 +96,10 @@ def check_inputs(q, k, v, window, dilation, sinks, scale):
     window = _check_int("window", window, 1)
     dilation = _check_int("dilation", dilation, 1)
     sinks = _check_int("sinks", sinks, 0)
+    if window * dilation > _INT_MAX:  # a kernel may form the span window * dilation
+        raise AttentionArgumentError(
+            f"sparse_attention: window * dilation must be <= 2**62, got {window} * {dilation}"
+        )
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
