@@ -50,22 +50,6 @@ cdef extern from *:
         for (long i = 0; i < n; i++)
             g[i] = g[i] == g[i] ? g[i] : 50.0;
     }
-    /* Store two adjacent outputs. Where SSE2 is there and p is 16-byte
-       aligned, with a non-temporal store: the output is written once and not
-       read back, so fetching its cache lines first (what a normal store
-       does) only costs memory bandwidth, the bottleneck of MACD (three
-       outputs per input). */
-    #if defined(__SSE2__)
-    #include <emmintrin.h>
-    static inline void fastrader_store2(double* p, double a, double b) {
-        if (((unsigned long)p & 15) == 0) _mm_stream_pd(p, _mm_set_pd(b, a));
-        else { p[0] = a; p[1] = b; }
-    }
-    static inline void fastrader_store_fence(void) { _mm_sfence(); }
-    #else
-    static inline void fastrader_store2(double* p, double a, double b) { p[0] = a; p[1] = b; }
-    static inline void fastrader_store_fence(void) { }
-    #endif
     /* Ask for the next chunk's inputs while this chunk's recursion runs, so
        that memory traffic overlaps the dependency chain. */
     static inline void fastrader_prefetch3(const double* a, const double* b, const double* c, long i) {
@@ -94,8 +78,6 @@ cdef extern from *:
     """
     void true_ranges "fastrader_true_ranges" (const double* h, const double* l, const double* c, double* out, long n) noexcept nogil
     void sqrt_scale "fastrader_sqrt_scale" (double* x, long n, double s) noexcept nogil
-    void store2 "fastrader_store2" (double* p, double a, double b) noexcept nogil
-    void store_fence "fastrader_store_fence" () noexcept nogil
     void prefetch3 "fastrader_prefetch3" (const double* a, const double* b, const double* c, long i) noexcept nogil
     void bands "fastrader_bands" (double* up, const double* mid, double* lo, long n, double k) noexcept nogil
     void rsi_finish "fastrader_rsi_finish" (double* g, const double* l, long n) noexcept nogil
@@ -108,7 +90,7 @@ cdef extern from *:
 # loop. Both loops apply the same formulas, so the numbers do not depend on
 # the path taken.
 cdef enum:
-    CH = 2048
+    CH = 256
 
 
 cdef inline long chunk_end(long t, long N) noexcept nogil:
@@ -278,7 +260,8 @@ cdef void _atr(const double* h, const double* lo, const double* c, long N, long 
                 u = tmp[i - t] * m.b
                 v = madd(avg, m.a, u)
                 avg = madd(avg, a2, madd(m.a, u, tmp[i + 1 - t] * m.b))
-                store2(out + i, v, avg)
+                out[i] = v
+                out[i + 1] = avg
                 if i + CH < N:
                     prefetch3(h, lo, c, i + CH)
                 i += 2
@@ -303,7 +286,6 @@ cdef void _atr(const double* h, const double* lo, const double* c, long N, long 
             out[i] = m.avg if smooth_push(&m, true_range(h[i], lo[i], pc)) else NAN
             pc = c[i]
         t = e
-    store_fence()
 
 
 cdef void _macd(const double* x, long N, long fast, long slow, long sig,
