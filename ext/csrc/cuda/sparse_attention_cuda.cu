@@ -34,6 +34,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "check.h"
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -366,33 +368,33 @@ void with_config(int64_t D, F&& f) {
 unsigned row_blocks(int64_t rows, int tpr) {
   const int64_t per = kThreads / tpr;
   const int64_t blocks = (rows + per - 1) / per;
-  TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), "sparse_attn (CUDA): too many rows (", rows,
+  FR_CHECK(blocks <= std::numeric_limits<int>::max(), "sparse_attn (CUDA): too many rows (", rows,
               ") for one launch");
   return static_cast<unsigned>(blocks);
 }
 
 void check_common(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   int64_t window, int64_t dilation, int64_t sinks, double scale) {
-  TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), op, ": q, k, v must be CUDA tensors");
-  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), op,
+  FR_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), op, ": q, k, v must be CUDA tensors");
+  FR_CHECK(k.device() == q.device() && v.device() == q.device(), op,
               ": q, k, v must be on one device, got ", q.device(), ", ", k.device(), ", ", v.device());
-  TORCH_CHECK(q.dim() == 4, op, ": q must be (batch, heads, seq, head_dim), got ", q.sizes());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
+  FR_CHECK(q.dim() == 4, op, ": q must be (batch, heads, seq, head_dim), got ", q.sizes());
+  FR_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
               ": q, k, v must have the same shape, got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+  FR_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
               ": q, k, v must have the same dtype");
   const auto st = q.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
+  FR_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
               ": dtype must be float32, float64, float16 or bfloat16, got ", st);
-  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 256, op, ": head_dim must be in [1, 256], got ", q.size(3));
-  TORCH_CHECK(q.size(2) <= std::numeric_limits<int>::max(), op, ": seq too long (", q.size(2), ")");
-  TORCH_CHECK(window >= 1 && dilation >= 1 && sinks >= 0, op,
+  FR_CHECK(q.size(3) >= 1 && q.size(3) <= 256, op, ": head_dim must be in [1, 256], got ", q.size(3));
+  FR_CHECK(q.size(2) <= std::numeric_limits<int>::max(), op, ": seq too long (", q.size(2), ")");
+  FR_CHECK(window >= 1 && dilation >= 1 && sinks >= 0, op,
               ": need window >= 1, dilation >= 1, sinks >= 0, got ", window, ", ", dilation, ", ", sinks);
-  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite");
+  FR_CHECK(std::isfinite(scale), op, ": scale must be finite");
 }
 
 void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& q) {
-  TORCH_CHECK(t.device() == q.device(), op, ": ", name, " must be on ", q.device(), ", got ", t.device());
+  FR_CHECK(t.device() == q.device(), op, ": ", name, " must be on ", q.device(), ", got ", t.device());
 }
 
 Geo make_geo(const at::Tensor& q, int64_t window, int64_t dilation, int64_t sinks) {
@@ -443,11 +445,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cuda(
     double scale, const std::optional<at::Tensor>& grad_lse) {
   const char* op = "sparse_attn_bwd";
   check_common(op, q_, k_, v_, window, dilation, sinks, scale);
-  TORCH_CHECK(grad_out.sizes() == q_.sizes() && out_.sizes() == q_.sizes(), op,
+  FR_CHECK(grad_out.sizes() == q_.sizes() && out_.sizes() == q_.sizes(), op,
               ": grad_out and out must have q's shape");
   const std::vector<int64_t> row_shape{q_.size(0), q_.size(1), q_.size(2)};
-  TORCH_CHECK(lse_.sizes() == row_shape, op, ": lse must be (batch, heads, seq)");
-  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()) && at::isFloatingType(out_.scalar_type()) &&
+  FR_CHECK(lse_.sizes() == row_shape, op, ": lse must be (batch, heads, seq)");
+  FR_CHECK(at::isFloatingType(grad_out.scalar_type()) && at::isFloatingType(out_.scalar_type()) &&
                   at::isFloatingType(lse_.scalar_type()),
               op, ": grad_out, out and lse must be floating point");
   check_same_device(op, "grad_out", grad_out, q_);
@@ -455,8 +457,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cuda(
   check_same_device(op, "lse", lse_, q_);
   const bool has_glse = grad_lse.has_value() && grad_lse->defined();
   if (has_glse) {
-    TORCH_CHECK(grad_lse->sizes() == row_shape, op, ": grad_lse must be (batch, heads, seq)");
-    TORCH_CHECK(at::isFloatingType(grad_lse->scalar_type()), op, ": grad_lse must be floating point");
+    FR_CHECK(grad_lse->sizes() == row_shape, op, ": grad_lse must be (batch, heads, seq)");
+    FR_CHECK(at::isFloatingType(grad_lse->scalar_type()), op, ": grad_lse must be floating point");
     check_same_device(op, "grad_lse", *grad_lse, q_);
   }
   const c10::cuda::CUDAGuard guard(q_.device());
@@ -496,7 +498,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (g.S > 0) {
         const int64_t blocks = (g.rows / g.N) * g.S;
-        TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), op, ": too many sink rows for one launch");
+        FR_CHECK(blocks <= std::numeric_limits<int>::max(), op, ": too many sink rows for one launch");
         bwd_sink_kernel<T, A, TPR, E><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
             qp, kp, vp, dop, lp, dlp, dk.mutable_data_ptr<T>(), dv.mutable_data_ptr<T>(), g, qmul, sc);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
