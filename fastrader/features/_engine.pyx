@@ -275,13 +275,14 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
     cdef double* mean
     cdef double* var
     cdef bint ok
-    # work on local copies of the state: the output stores could alias the
-    # heap Op, which would force a store and reload on every recursion step
-    cdef Roll r1 = op.r1
-    cdef Roll r2 = op.r2
-    cdef Smooth m1 = op.m1
-    cdef Smooth m2 = op.m2
-    cdef Smooth m3 = op.m3
+    # each branch works on local copies of the state it uses: the output
+    # stores could alias the heap Op, which would force a store and reload on
+    # every recursion step (and copying all of it per chunk is not free)
+    cdef Roll r1
+    cdef Roll r2
+    cdef Smooth m1
+    cdef Smooth m2
+    cdef Smooth m3
     cdef long n1 = op.n1
     cdef long n2 = op.n2
     cdef double p1 = op.p1
@@ -290,13 +291,16 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         for k in range(m):
             o[k * F] = E.R[(t0 + k) & msk]
     elif kind == K_LOGRET:
+        r1 = op.r1
         # log(c_t / c_{t-n}) as the window sum of the n 1-bar log returns: a
         # rolling sum instead of a second log per bar (the difference from
         # the direct log is a few 1e-16, far below the returns' own size)
         for k in range(m):
             t = t0 + k
             o[k * F] = r1.s1 if roll_push1(&r1, E.R, msk, t, E.R[t & msk]) else NAN
+        op.r1 = r1
     elif kind == K_VOL:
+        r1 = op.r1
         if r1.run >= n1:
             # steady state: the window is full and, the bars being good, every
             # value of this segment is finite (R is NaN only on a run's first bar)
@@ -311,7 +315,9 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
                 A[k] = roll_var_sample(&r1) if roll_push2(&r1, E.R, msk, t, E.R[t & msk]) else NAN
         fr_sqrt(Y, A, m)
         scatter(o, F, Y, m)
+        op.r1 = r1
     elif kind == K_SMA or kind == K_CLOSE_SMA:
+        r1 = op.r1
         for k in range(m):
             A[k] = r1.s1 * r1.inv_n if roll_push1(&r1, E.C, msk, t0 + k, c[k]) else NAN
         if kind == K_SMA:
@@ -319,7 +325,9 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         else:
             fr_rel(Y, c, A, m)
             scatter(o, F, Y, m)
+        op.r1 = r1
     elif kind == K_EMA or kind == K_CLOSE_EMA:
+        m1 = op.m1
         for k in range(m):
             A[k] = m1.avg if smooth_push(&m1, c[k]) else NAN
         if kind == K_EMA:
@@ -327,7 +335,10 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         else:
             fr_rel(Y, c, A, m)
             scatter(o, F, Y, m)
+        op.m1 = m1
     elif kind == K_RSI:
+        m1 = op.m1
+        m2 = op.m2
         for k in range(m):
             t = t0 + k
             ok = False
@@ -341,7 +352,10 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
             B[k] = m2.avg if ok else NAN
         fr_rsi(Y, A, B, m)
         scatter(o, F, Y, m)
+        op.m1 = m1
+        op.m2 = m2
     elif kind == K_ATR or kind == K_ATR_PCT:
+        m1 = op.m1
         for k in range(m):
             t = t0 + k
             if s0 + k >= 1 and smooth_push(&m1, true_range(h[k], l[k], E.C[(t - 1) & msk])):
@@ -349,7 +363,11 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
                 o[k * F] = x if kind == K_ATR else x * ic[k]
             else:
                 o[k * F] = NAN
+        op.m1 = m1
     elif kind == K_MACD or kind == K_MACD_NORM:
+        m1 = op.m1
+        m2 = op.m2
+        m3 = op.m3
         # TA-Lib alignment, see _kernels._macd
         for k in range(m):
             if s0 + k >= n2 - n1:
@@ -368,7 +386,11 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
                 o[k * F] = NAN
                 o[k * F + 1] = NAN
                 o[k * F + 2] = NAN
+        op.m1 = m1
+        op.m2 = m2
+        op.m3 = m3
     elif kind == K_BBANDS or kind == K_BB_PCTB or kind == K_BB_WIDTH or kind == K_STDDEV:
+        r1 = op.r1
         # mean and population variance of the window: computed by the first op
         # of the family on this window, reused by the others (same numbers)
         if op.src < 0 and r1.run >= n1:
@@ -403,7 +425,9 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
             # %b: NaN when the band is flat (no width); stddev: std * nbdev
             fr_bb(Y, 0 if kind == K_BB_PCTB else (1 if kind == K_BB_WIDTH else 2), c, mean, var, p1, m)
             scatter(o, F, Y, m)
-    elif kind == K_VOLUME_Z and r1.run >= n1:
+        op.r1 = r1
+    elif kind == K_VOLUME_Z and op.r1.run >= n1:
+        r1 = op.r1
         for k in range(m):
             roll_step2(&r1, E.V, msk, t0 + k, v[k])
             A[k] = v[k] - roll_mean(&r1)
@@ -411,7 +435,9 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         r1.run += m
         fr_z(Y, A, B, m)
         scatter(o, F, Y, m)
+        op.r1 = r1
     elif kind == K_VOLUME_Z:
+        r1 = op.r1
         for k in range(m):
             if roll_push2(&r1, E.V, msk, t0 + k, v[k]):
                 A[k] = v[k] - roll_mean(&r1)
@@ -422,7 +448,10 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         # constant volume over the window (e.g. all zero): undefined, NaN
         fr_z(Y, A, B, m)
         scatter(o, F, Y, m)
+        op.r1 = r1
     elif kind == K_VWAP or kind == K_VWAP_DEV:
+        r1 = op.r1
+        r2 = op.r2
         if r1.run >= n1:
             # steady state (see K_VOL)
             for k in range(m):
@@ -446,6 +475,8 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         else:
             fr_vwap_dev(Y, c, A, B, m)
         scatter(o, F, Y, m)
+        op.r1 = r1
+        op.r2 = r2
     elif kind == K_HL_RANGE:
         for k in range(m):
             o[k * F] = (h[k] - l[k]) * ic[k]
@@ -453,11 +484,6 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         # a bar with no range: the close is its only price, call it the middle
         fr_intrabar(Y, h, l, c, m)
         scatter(o, F, Y, m)
-    op.r1 = r1
-    op.r2 = r2
-    op.m1 = m1
-    op.m2 = m2
-    op.m3 = m3
 
 
 cdef void eng_segment(Eng* E, const double* h, const double* l, const double* c,
