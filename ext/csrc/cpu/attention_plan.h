@@ -15,7 +15,7 @@ namespace fastrader {
 namespace cpu {
 
 constexpr int kBQ = 64;  // query rows per block
-constexpr int kBK = 128; // keys per chunk (multiple of every vector width)
+constexpr int kBK = 128;  // keys per chunk (multiple of every vector width)
 
 struct Geometry {
   int64_t N;     // sequence length
