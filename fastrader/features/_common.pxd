@@ -16,9 +16,6 @@ cdef extern from "math.h" nogil:
     double NAN
     double fabs(double)
 
-cdef extern from "stdint.h" nogil:
-    ctypedef unsigned long long uint64_t
-
 cdef extern from *:
     """
     /* One step of TA-Lib's EMA, avg + (x - avg) * k, rounded as TA-Lib rounds it.
@@ -59,18 +56,6 @@ cdef extern from *:
 cdef inline bint finite(double x) noexcept nogil:
     # False for NaN and +-inf, without a libm call
     return x - x == 0.0
-
-
-cdef inline bint all_finite(const double* x, long a, long b) noexcept nogil:
-    """True when x[a:b] has no NaN/inf: exponent bits all ones. Integer ops,
-    so the compiler vectorises it (a float reduction it may not reorder)."""
-    cdef const uint64_t* u = <const uint64_t*>x
-    cdef uint64_t EXP = 0x7ff0000000000000ULL
-    cdef uint64_t bad = 0
-    cdef long i
-    for i in range(a, b):
-        bad |= (u[i] & EXP) == EXP
-    return bad == 0
 
 
 # ---------------------------------------------------------------- rolling sums

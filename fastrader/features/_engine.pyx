@@ -28,9 +28,9 @@ from libc.math cimport sqrt, log
 from libc.stdlib cimport malloc, calloc, free
 
 from fastrader.features._common cimport (
-    NAN, finite, Roll, roll_init, roll_reset, roll_push1, roll_push2, roll_step1, roll_step2, roll_mean,
+    NAN, Roll, roll_init, roll_reset, roll_push1, roll_push2, roll_step1, roll_step2, roll_mean,
     roll_var_pop, roll_var_sample, Smooth, ema_init, wilder_init, smooth_reset,
-    smooth_push, ema_ta_push, rsi_value, true_range,
+    smooth_push, ema_ta_push, true_range,
 )
 
 cnp.import_array()
