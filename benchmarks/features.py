@@ -9,8 +9,9 @@ file present, also ``all_btc`` (the default set over the 43,780 real bars),
 pass ``batch`` and ``stream`` (FeatureStream, one bar at a time).
 
 Timing: the implementations of a case are warmed up, then timed in
-interleaved rounds (one call of each per round, --repeat rounds), so that
-load from other processes hits them alike; ``ms`` is the median wall time,
+interleaved rounds (one call of each per round, in alternating order,
+--repeat rounds), so that load from other processes and the allocator state
+each leaves behind hit them alike; ``ms`` is the median wall time,
 ``cpu_ms`` the median CPU time of this process, ``min_ms`` the fastest call.
 ``--json PATH`` writes a list of rows {"case", "impl", "pass", "ms", "cpu_ms",
 "min_ms", "bars", "speedup_vs_fastrader"?, "note"?}; speedups are ratios of
@@ -60,8 +61,11 @@ def timeit(fns, repeat, warmup=2):
             fn()
     wall = [[] for _ in fns]
     cpu = [[] for _ in fns]
-    for _ in range(repeat):
-        for j, fn in enumerate(fns):
+    for r in range(repeat):
+        # alternate who goes first: whoever runs right after the other one
+        # meets the allocator and caches in the state the other left
+        order = list(enumerate(fns))
+        for j, fn in (order if r % 2 == 0 else order[::-1]):
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
             t1, c1 = time.perf_counter(), time.process_time()
