@@ -30,7 +30,7 @@ from libc.stdlib cimport malloc, calloc, free
 from fastrader.features._common cimport (
     NAN, Roll, roll_init, roll_reset, roll_push1, roll_push2, roll_step1, roll_step2, roll_mean,
     roll_var_pop, roll_var_sample, Smooth, ema_init, wilder_init, smooth_reset,
-    smooth_push, ema_ta_push, true_range,
+    smooth_push, ema_ta_push, ta_ema_step, madd, true_range,
 )
 
 cnp.import_array()
@@ -295,9 +295,17 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         # log(c_t / c_{t-n}) as the window sum of the n 1-bar log returns: a
         # rolling sum instead of a second log per bar (the difference from
         # the direct log is a few 1e-16, far below the returns' own size)
-        for k in range(m):
-            t = t0 + k
-            o[k * F] = r1.s1 if roll_push1(&r1, E.R, msk, t, E.R[t & msk]) else NAN
+        if r1.run >= n1:
+            # steady state (see K_VOL)
+            for k in range(m):
+                t = t0 + k
+                roll_step1(&r1, E.R, msk, t, E.R[t & msk])
+                o[k * F] = r1.s1
+            r1.run += m
+        else:
+            for k in range(m):
+                t = t0 + k
+                o[k * F] = r1.s1 if roll_push1(&r1, E.R, msk, t, E.R[t & msk]) else NAN
         op.r1 = r1
     elif kind == K_VOL:
         r1 = op.r1
@@ -318,8 +326,14 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         op.r1 = r1
     elif kind == K_SMA or kind == K_CLOSE_SMA:
         r1 = op.r1
-        for k in range(m):
-            A[k] = r1.s1 * r1.inv_n if roll_push1(&r1, E.C, msk, t0 + k, c[k]) else NAN
+        if r1.run >= n1:
+            for k in range(m):
+                roll_step1(&r1, E.C, msk, t0 + k, c[k])
+                A[k] = r1.s1 * r1.inv_n
+            r1.run += m
+        else:
+            for k in range(m):
+                A[k] = r1.s1 * r1.inv_n if roll_push1(&r1, E.C, msk, t0 + k, c[k]) else NAN
         if kind == K_SMA:
             scatter(o, F, A, m)
         else:
@@ -328,8 +342,14 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
         op.r1 = r1
     elif kind == K_EMA or kind == K_CLOSE_EMA:
         m1 = op.m1
-        for k in range(m):
-            A[k] = m1.avg if smooth_push(&m1, c[k]) else NAN
+        if m1.cnt >= m1.n:
+            # seeded: smooth_push's steady branch, without its test
+            for k in range(m):
+                m1.avg = madd(m1.avg, m1.a, c[k] * m1.b)
+                A[k] = m1.avg
+        else:
+            for k in range(m):
+                A[k] = m1.avg if smooth_push(&m1, c[k]) else NAN
         if kind == K_EMA:
             scatter(o, F, A, m)
         else:
@@ -339,53 +359,82 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
     elif kind == K_RSI:
         m1 = op.m1
         m2 = op.m2
-        for k in range(m):
-            t = t0 + k
-            ok = False
-            if s0 + k >= 1:
+        if m1.cnt >= m1.n:
+            # seeded (so a previous close exists): the steady branch, no tests
+            for k in range(m):
+                t = t0 + k
                 d = c[k] - E.C[(t - 1) & msk]
-                # loss = gain - d == max(-d, 0) exactly, and branch-free
                 x = d if d > 0.0 else 0.0
-                ok = smooth_push(&m1, x)
-                smooth_push(&m2, x - d)
-            A[k] = m1.avg if ok else NAN
-            B[k] = m2.avg if ok else NAN
+                m1.avg = madd(m1.avg, m1.a, x * m1.b)
+                m2.avg = madd(m2.avg, m2.a, (x - d) * m2.b)
+                A[k] = m1.avg
+                B[k] = m2.avg
+        else:
+            for k in range(m):
+                t = t0 + k
+                ok = False
+                if s0 + k >= 1:
+                    d = c[k] - E.C[(t - 1) & msk]
+                    # loss = gain - d == max(-d, 0) exactly, and branch-free
+                    x = d if d > 0.0 else 0.0
+                    ok = smooth_push(&m1, x)
+                    smooth_push(&m2, x - d)
+                A[k] = m1.avg if ok else NAN
+                B[k] = m2.avg if ok else NAN
         fr_rsi(Y, A, B, m)
         scatter(o, F, Y, m)
         op.m1 = m1
         op.m2 = m2
     elif kind == K_ATR or kind == K_ATR_PCT:
         m1 = op.m1
-        for k in range(m):
-            t = t0 + k
-            if s0 + k >= 1 and smooth_push(&m1, true_range(h[k], l[k], E.C[(t - 1) & msk])):
-                x = m1.avg
-                o[k * F] = x if kind == K_ATR else x * ic[k]
-            else:
-                o[k * F] = NAN
+        if m1.cnt >= m1.n:
+            for k in range(m):
+                t = t0 + k
+                m1.avg = madd(m1.avg, m1.a, true_range(h[k], l[k], E.C[(t - 1) & msk]) * m1.b)
+                o[k * F] = m1.avg if kind == K_ATR else m1.avg * ic[k]
+        else:
+            for k in range(m):
+                t = t0 + k
+                if s0 + k >= 1 and smooth_push(&m1, true_range(h[k], l[k], E.C[(t - 1) & msk])):
+                    x = m1.avg
+                    o[k * F] = x if kind == K_ATR else x * ic[k]
+                else:
+                    o[k * F] = NAN
         op.m1 = m1
     elif kind == K_MACD or kind == K_MACD_NORM:
         m1 = op.m1
         m2 = op.m2
         m3 = op.m3
         # TA-Lib alignment, see _kernels._macd
-        for k in range(m):
-            if s0 + k >= n2 - n1:
-                ema_ta_push(&m1, c[k])
-            scale = 1.0 if kind == K_MACD else ic[k]
-            if ema_ta_push(&m2, c[k]):
+        if m3.cnt >= m3.n:
+            # all three EMAs seeded: ema_ta_push's steady branch, without tests
+            for k in range(m):
+                scale = 1.0 if kind == K_MACD else ic[k]
+                m1.avg = ta_ema_step(m1.avg, c[k], m1.b)
+                m2.avg = ta_ema_step(m2.avg, c[k], m2.b)
                 x = m1.avg - m2.avg
+                m3.avg = ta_ema_step(m3.avg, x, m3.b)
                 o[k * F] = x * scale
-                if ema_ta_push(&m3, x):
-                    o[k * F + 1] = m3.avg * scale
-                    o[k * F + 2] = (x - m3.avg) * scale
+                o[k * F + 1] = m3.avg * scale
+                o[k * F + 2] = (x - m3.avg) * scale
+        else:
+            for k in range(m):
+                if s0 + k >= n2 - n1:
+                    ema_ta_push(&m1, c[k])
+                scale = 1.0 if kind == K_MACD else ic[k]
+                if ema_ta_push(&m2, c[k]):
+                    x = m1.avg - m2.avg
+                    o[k * F] = x * scale
+                    if ema_ta_push(&m3, x):
+                        o[k * F + 1] = m3.avg * scale
+                        o[k * F + 2] = (x - m3.avg) * scale
+                    else:
+                        o[k * F + 1] = NAN
+                        o[k * F + 2] = NAN
                 else:
+                    o[k * F] = NAN
                     o[k * F + 1] = NAN
                     o[k * F + 2] = NAN
-            else:
-                o[k * F] = NAN
-                o[k * F + 1] = NAN
-                o[k * F + 2] = NAN
         op.m1 = m1
         op.m2 = m2
         op.m3 = m3
