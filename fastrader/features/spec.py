@@ -17,7 +17,8 @@ sma         n=20                         sma_{n} (price level, TA-Lib SMA)      
 ema         n=20                         ema_{n} (price level, TA-Lib EMA)           n-1
 close_sma   n=20                         close_sma_{n} = close / SMA - 1             n-1
 close_ema   n=20                         close_ema_{n} = close / EMA - 1             n-1
-rsi         n=14                         rsi_{n}: Wilder RSI in [0, 100] (TA-Lib)    n
+rsi         n=14                         rsi_{n}: Wilder RSI in [0, 100] (TA-Lib);   n
+                                         50 when there was no move at all
 atr         n=14                         atr_{n}: Wilder ATR (TA-Lib)                n
 atr_pct     n=14                         atr_pct_{n} = ATR / close                   n
 macd        fast=12, slow=26, signal=9   macd_, macd_signal_, macd_hist_{f}_{s}_{g}  slow-1 (line),
@@ -39,6 +40,10 @@ hl_range    -                            hl_range = (high - low) / close        
 intrabar    -                            intrabar = (close-low)/(high-low), 0.5 when 0
                                          high == low
 ==========  ===========================  ==========================================  =============
+
+Every column is NaN at a bad bar (see ``validate``) and warms up again after
+it. Rolling sums are exact to ~1e-14 (periodically recomputed, see
+``_common.pxd``); windows of constant values give exactly zero spread.
 
 Optional normalisation inside the pass: ``normalize={"kind": "rolling_z",
 "window": W}`` replaces every column by its causal rolling z-score over the
