@@ -96,11 +96,10 @@ cdef inline bint roll_same(Roll* r, double x) noexcept nogil:
     # A window of n equal values (e.g. zero volume for hours) must give an
     # exact zero spread / exact sum, not the rounding residue that incremental
     # updates leave behind: downstream that decides NaN versus a number.
-    if x == r.last:
-        r.same += 1
-    else:
-        r.same = 1
-        r.last = x
+    # branch-free (a data-dependent branch here costs the rolling loops a lot):
+    # same + 1 when x repeats the last value, else 1
+    r.same = r.same * (x == r.last) + 1
+    r.last = x
     return r.same >= r.n
 
 
