@@ -542,7 +542,9 @@ void bwd_impl(const Geometry& g, int64_t BH, const Head<T>& base, T scale) {
   // the halos add at most one extra copy of dK/dV.
   const int64_t nth = at::get_num_threads();
   const int64_t nseq = BH * g.nres;
-  const int64_t target = nth > 1 ? 8 * nth : 1;  // slack for uneven or preempted threads
+  // Many small tasks: a thread that the OS preempts (other processes on a
+  // shared machine) then holds back at most one short task at the end.
+  const int64_t target = nth > 1 ? 32 * nth : 1;
   const int64_t want = nseq >= target ? 1 : (target + nseq - 1) / nseq;
   std::vector<SegTask> tasks;
   std::vector<int64_t> seq_begin;  // first task of each (bh, r)
