@@ -138,3 +138,17 @@ def test_compute_into_preallocated_out():
         compute_features(spec, *bars, out=np.empty((1000, len(spec.names) + 1)))
     with pytest.raises(DataError, match="out must be"):
         compute_features(spec, *bars, out=np.empty((len(spec.names), 1000)).T)
+
+
+def test_kernel_outputs_are_independent_contiguous_arrays():
+    from fastrader.features import bbands, macd, sma
+    x = walk(5000, 6)[3]
+    a = sma(x, 10)
+    up, mid, lo = bbands(x, 10, 2.0)
+    for arr in (a, up, mid, lo, *macd(x)):
+        assert arr.shape == x.shape and arr.dtype == np.float64 and arr.flags.c_contiguous and arr.flags.writeable
+    before = lo.copy()
+    up[:] = 0.0                      # the outputs share one allocation but never overlap
+    mid[:] = 1.0
+    np.testing.assert_array_equal(lo, before)
+    assert sma(x[:0], 10).shape == (0,)

@@ -436,6 +436,31 @@ cdef cnp.ndarray _vec(x, str what):
     return a
 
 
+cdef list _outputs(const double[::1] src, int k):
+    """k output arrays as long as src, cut from one block (one allocation and
+    one huge-page advice instead of k: for 1M bars ~2 ms of page faults less),
+    each starting 2944 bytes (mod 4096) after src.
+
+    Why the offset: the steady loops load the input a few hundred bars ahead
+    of the stores to the output; when a store address matches an upcoming
+    load address in its low 12 bits (output 0-2 KB after the input, modulo
+    4 KB) the CPU assumes a dependency and the loop stalls. Measured on SMA
+    over 1M bars: 2.6-2.8 ms for those placements, 1.6-1.8 ms for outputs
+    2.2-3.7 KB after the input; the allocator's choice is otherwise random.
+    """
+    cdef long N = src.shape[0], pad = 512, stride = N + pad, r, j
+    cdef size_t want
+    buf = np.empty(k * stride + pad)
+    if N == 0:
+        return [buf[:0] for _ in range(k)]
+    want = (<size_t>&src[0]) + 2944
+    outs = []
+    for r in range(k):
+        j = ((want - (<size_t>buf.ctypes.data + 8 * r * stride)) % 4096) // 8
+        outs.append(buf[r * stride + j: r * stride + j + N])
+    return outs
+
+
 cdef long _period(n, long lo, str what) except -1:
     if isinstance(n, bool) or int(n) != n or int(n) < lo:
         raise ConfigError(f"{what}: period must be an integer >= {lo}, got {n!r}")
@@ -446,7 +471,7 @@ def sma(x, n=30):
     """Simple moving average of the last n values (TA-Lib SMA)."""
     cdef long p = _period(n, 1, "sma")
     cdef const double[::1] a = _vec(x, "sma")
-    cdef cnp.ndarray o = np.empty(a.shape[0])
+    cdef cnp.ndarray o = _outputs(a, 1)[0]
     cdef double[::1] ov = o
     if a.shape[0]:
         with nogil:
@@ -458,7 +483,7 @@ def ema(x, n=30):
     """EMA with k = 2/(n+1), seeded with the mean of the first n values (TA-Lib EMA)."""
     cdef long p = _period(n, 1, "ema")
     cdef const double[::1] a = _vec(x, "ema")
-    cdef cnp.ndarray o = np.empty(a.shape[0])
+    cdef cnp.ndarray o = _outputs(a, 1)[0]
     cdef double[::1] ov = o
     if a.shape[0]:
         with nogil:
@@ -470,7 +495,7 @@ def rsi(x, n=14):
     """Wilder's RSI in [0, 100] (TA-Lib RSI); first value at index n; 50 when flat."""
     cdef long p = _period(n, 1, "rsi")
     cdef const double[::1] a = _vec(x, "rsi")
-    cdef cnp.ndarray o = np.empty(a.shape[0])
+    cdef cnp.ndarray o = _outputs(a, 1)[0]
     cdef double[::1] ov = o
     if a.shape[0]:
         with nogil:
@@ -486,7 +511,7 @@ def atr(high, low, close, n=14):
     cdef const double[::1] c = _vec(close, "atr close")
     if not (h.shape[0] == l.shape[0] == c.shape[0]):
         raise DataError(f"atr: high, low, close lengths differ ({h.shape[0]}, {l.shape[0]}, {c.shape[0]})")
-    cdef cnp.ndarray o = np.empty(c.shape[0])
+    cdef cnp.ndarray o = _outputs(c, 1)[0]
     cdef double[::1] ov = o
     if c.shape[0]:
         with nogil:
@@ -506,10 +531,7 @@ def macd(x, fast=12, slow=26, signal=9):
         raise ConfigError(f"macd: fast period ({f}) must be shorter than slow ({s})")
     cdef const double[::1] a = _vec(x, "macd")
     cdef long N = a.shape[0]
-    # one block for the three outputs: one allocation (and one huge-page
-    # advice) instead of three; for 1M bars that saves ~2 ms of page faults
-    block = np.empty((3, N))
-    o1, o2, o3 = block[0], block[1], block[2]
+    o1, o2, o3 = _outputs(a, 3)
     cdef double[::1] v1 = o1, v2 = o2, v3 = o3
     if N:
         with nogil:
@@ -523,10 +545,7 @@ def bbands(x, n=20, k=2.0):
     cdef double kk = float(k)
     cdef const double[::1] a = _vec(x, "bbands")
     cdef long N = a.shape[0]
-    # one block for the three outputs: one allocation (and one huge-page
-    # advice) instead of three; for 1M bars that saves ~2 ms of page faults
-    block = np.empty((3, N))
-    o1, o2, o3 = block[0], block[1], block[2]
+    o1, o2, o3 = _outputs(a, 3)
     cdef double[::1] v1 = o1, v2 = o2, v3 = o3
     if N:
         with nogil:
@@ -539,7 +558,7 @@ def stddev(x, n=5, nbdev=1.0):
     cdef long p = _period(n, 1, "stddev")
     cdef double nb = float(nbdev)
     cdef const double[::1] a = _vec(x, "stddev")
-    cdef cnp.ndarray o = np.empty(a.shape[0])
+    cdef cnp.ndarray o = _outputs(a, 1)[0]
     cdef double[::1] ov = o
     if a.shape[0]:
         with nogil:
