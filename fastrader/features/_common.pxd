@@ -103,41 +103,56 @@ cdef inline bint roll_same(Roll* r, double x) noexcept nogil:
     return r.same >= r.n
 
 
-cdef inline double window_sum(const double* buf, long mask, long t, long n) noexcept nogil:
-    """Sum of buf[t-n+1 .. t] (ring indices), four interleaved partial sums."""
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
-    cdef long j = t - n + 1
-    while j + 3 <= t:
-        a0 += buf[j & mask]
-        a1 += buf[(j + 1) & mask]
-        a2 += buf[(j + 2) & mask]
-        a3 += buf[(j + 3) & mask]
-        j += 4
-    while j <= t:
-        a0 += buf[j & mask]
-        j += 1
-    return (a0 + a1) + (a2 + a3)
+cdef extern from *:
+    """
+    /* Exact restarts of the window sums, once per window length. Kept out of
+       line (and returning by value, so no state's address escapes): inlined,
+       their loops made the per-bar steps too big to inline at every call
+       site, and a step that is not inlined keeps the rolling state in memory. */
+    typedef struct { double s1, s2; } fastrader_sums;
+    #if defined(__GNUC__)
+    #define FASTRADER_NOINLINE __attribute__((noinline))
+    #else
+    #define FASTRADER_NOINLINE
+    #endif
+    /* sum of buf[t-n+1 .. t] (ring indices), four interleaved partial sums */
+    static FASTRADER_NOINLINE double fastrader_window_sum(const double* buf, long mask, long t, long n) {
+        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+        long j = t - n + 1;
+        for (; j + 3 <= t; j += 4) {
+            a0 += buf[j & mask]; a1 += buf[(j + 1) & mask];
+            a2 += buf[(j + 2) & mask]; a3 += buf[(j + 3) & mask];
+        }
+        for (; j <= t; j++) a0 += buf[j & mask];
+        return (a0 + a1) + (a2 + a3);
+    }
+    /* sums of (x - K) and (x - K)^2 over buf[t-n+1 .. t], two interleaved each */
+    static FASTRADER_NOINLINE fastrader_sums fastrader_window_sums2(const double* buf, long mask, long t,
+                                                                  long n, double K) {
+        double a0 = 0.0, a1 = 0.0, b0 = 0.0, b1 = 0.0, d, e;
+        long j = t - n + 1;
+        for (; j + 1 <= t; j += 2) {
+            d = buf[j & mask] - K; e = buf[(j + 1) & mask] - K;
+            a0 += d; b0 += d * d; a1 += e; b1 += e * e;
+        }
+        if (j <= t) { d = buf[j & mask] - K; a0 += d; b0 += d * d; }
+        fastrader_sums r = { a0 + a1, b0 + b1 };
+        return r;
+    }
+    """
+    ctypedef struct fastrader_sums:
+        double s1
+        double s2
+    double window_sum "fastrader_window_sum" (const double* buf, long mask, long t, long n) noexcept nogil
+    fastrader_sums window_sums2_c "fastrader_window_sums2" (const double* buf, long mask, long t, long n, double K) noexcept nogil
 
 
 cdef inline void window_sums2(Roll* r, const double* buf, long mask, long t, double K) noexcept nogil:
     """Exact restart of the shifted sums over buf[t-n+1 .. t] with shift K."""
-    cdef double a0 = 0.0, a1 = 0.0, b0 = 0.0, b1 = 0.0, d, e
-    cdef long n = r.n, j = t - n + 1
-    while j + 1 <= t:
-        d = buf[j & mask] - K
-        e = buf[(j + 1) & mask] - K
-        a0 += d
-        b0 += d * d
-        a1 += e
-        b1 += e * e
-        j += 2
-    if j <= t:
-        d = buf[j & mask] - K
-        a0 += d
-        b0 += d * d
+    cdef fastrader_sums q = window_sums2_c(buf, mask, t, r.n, K)
     r.K = K
-    r.s1 = a0 + a1
-    r.s2 = b0 + b1
+    r.s1 = q.s1
+    r.s2 = q.s2
 
 
 cdef inline void roll_step1(Roll* r, const double* buf, long mask, long t, double x) noexcept nogil:

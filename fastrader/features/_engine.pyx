@@ -1,6 +1,11 @@
 # cython: language_level=3
-# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math -ffp-contract=off
+# distutils: extra_compile_args = -fno-math-errno -fno-trapping-math -ffp-contract=off --param=max-inline-insns-single=400 --param=large-function-growth=400
 """The fused feature engine: one pass over the bars, every feature per bar.
+
+The inline-limit parameters in the distutils line let GCC inline the per-bar
+rolling steps into every op loop (otherwise it stops at its growth limits and
+the rolling state lives in memory; ~12% on the default set). They are GCC
+options, as is everything in setup.py's flags.
 
 Compiled with -ffp-contract=off: the compiler may otherwise fuse a*b + c
 into one FMA in one inlined copy of a helper and not in another, and the same
@@ -253,6 +258,426 @@ cdef inline void scatter(double* o, long F, const double* y, long m) noexcept no
         o[k * F] = y[k]
 
 
+cdef void op_logret1(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef double* o = out + op.col
+    # the 1-bar log return is the R ring itself
+    for k in range(m):
+        o[k * F] = E.R[(t0 + k) & msk]
+
+
+cdef void op_logret(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef long t
+    cdef double* o = out + op.col
+    cdef Roll r1
+    cdef long n1 = op.n1
+    r1 = op.r1
+    # log(c_t / c_{t-n}) as the window sum of the n 1-bar log returns: a
+    # rolling sum instead of a second log per bar (the difference from
+    # the direct log is a few 1e-16, far below the returns' own size)
+    if r1.run >= n1:
+        # steady state (see K_VOL)
+        for k in range(m):
+            t = t0 + k
+            roll_step1(&r1, E.R, msk, t, E.R[t & msk])
+            o[k * F] = r1.s1
+        r1.run += m
+    else:
+        for k in range(m):
+            t = t0 + k
+            o[k * F] = r1.s1 if roll_push1(&r1, E.R, msk, t, E.R[t & msk]) else NAN
+    op.r1 = r1
+
+
+cdef void op_vol(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef long t
+    cdef double* o = out + op.col
+    cdef double* A = E.A
+    cdef double* Y = E.Y
+    cdef Roll r1
+    cdef long n1 = op.n1
+    r1 = op.r1
+    if r1.run >= n1:
+        # steady state: the window is full and, the bars being good, every
+        # value of this segment is finite (R is NaN only on a run's first bar)
+        for k in range(m):
+            t = t0 + k
+            roll_step2(&r1, E.R, msk, t, E.R[t & msk])
+            A[k] = roll_var_sample(&r1)
+        r1.run += m
+    else:
+        for k in range(m):
+            t = t0 + k
+            A[k] = roll_var_sample(&r1) if roll_push2(&r1, E.R, msk, t, E.R[t & msk]) else NAN
+    fr_sqrt(Y, A, m)
+    scatter(o, F, Y, m)
+    op.r1 = r1
+
+
+cdef void op_sma(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef int kind = op.kind
+    cdef double* o = out + op.col
+    cdef double* A = E.A
+    cdef double* Y = E.Y
+    cdef Roll r1
+    cdef long n1 = op.n1
+    r1 = op.r1
+    if r1.run >= n1:
+        for k in range(m):
+            roll_step1(&r1, E.C, msk, t0 + k, c[k])
+            A[k] = r1.s1 * r1.inv_n
+        r1.run += m
+    else:
+        for k in range(m):
+            A[k] = r1.s1 * r1.inv_n if roll_push1(&r1, E.C, msk, t0 + k, c[k]) else NAN
+    if kind == K_SMA:
+        scatter(o, F, A, m)
+    else:
+        fr_rel(Y, c, A, m)
+        scatter(o, F, Y, m)
+    op.r1 = r1
+
+
+cdef void op_ema(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long k
+    cdef int kind = op.kind
+    cdef double* o = out + op.col
+    cdef double* A = E.A
+    cdef double* Y = E.Y
+    cdef Smooth m1
+    m1 = op.m1
+    if m1.cnt >= m1.n:
+        # seeded: smooth_push's steady branch, without its test
+        for k in range(m):
+            m1.avg = madd(m1.avg, m1.a, c[k] * m1.b)
+            A[k] = m1.avg
+    else:
+        for k in range(m):
+            A[k] = m1.avg if smooth_push(&m1, c[k]) else NAN
+    if kind == K_EMA:
+        scatter(o, F, A, m)
+    else:
+        fr_rel(Y, c, A, m)
+        scatter(o, F, Y, m)
+    op.m1 = m1
+
+
+cdef void op_rsi(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef long t
+    cdef double x
+    cdef double d
+    cdef double* o = out + op.col
+    cdef double* A = E.A
+    cdef double* B = E.B
+    cdef double* Y = E.Y
+    cdef bint ok
+    cdef Smooth m1
+    cdef Smooth m2
+    m1 = op.m1
+    m2 = op.m2
+    if m1.cnt >= m1.n:
+        # seeded (so a previous close exists): the steady branch, no tests
+        for k in range(m):
+            t = t0 + k
+            d = c[k] - E.C[(t - 1) & msk]
+            x = d if d > 0.0 else 0.0
+            m1.avg = madd(m1.avg, m1.a, x * m1.b)
+            m2.avg = madd(m2.avg, m2.a, (x - d) * m2.b)
+            A[k] = m1.avg
+            B[k] = m2.avg
+    else:
+        for k in range(m):
+            t = t0 + k
+            ok = False
+            if s0 + k >= 1:
+                d = c[k] - E.C[(t - 1) & msk]
+                # loss = gain - d == max(-d, 0) exactly, and branch-free
+                x = d if d > 0.0 else 0.0
+                ok = smooth_push(&m1, x)
+                smooth_push(&m2, x - d)
+            A[k] = m1.avg if ok else NAN
+            B[k] = m2.avg if ok else NAN
+    fr_rsi(Y, A, B, m)
+    scatter(o, F, Y, m)
+    op.m1 = m1
+    op.m2 = m2
+
+
+cdef void op_atr(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef long t
+    cdef int kind = op.kind
+    cdef double x
+    cdef double* o = out + op.col
+    cdef Smooth m1
+    m1 = op.m1
+    if m1.cnt >= m1.n:
+        for k in range(m):
+            t = t0 + k
+            m1.avg = madd(m1.avg, m1.a, true_range(h[k], l[k], E.C[(t - 1) & msk]) * m1.b)
+            o[k * F] = m1.avg if kind == K_ATR else m1.avg * ic[k]
+    else:
+        for k in range(m):
+            t = t0 + k
+            if s0 + k >= 1 and smooth_push(&m1, true_range(h[k], l[k], E.C[(t - 1) & msk])):
+                x = m1.avg
+                o[k * F] = x if kind == K_ATR else x * ic[k]
+            else:
+                o[k * F] = NAN
+    op.m1 = m1
+
+
+cdef void op_macd(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long k
+    cdef int kind = op.kind
+    cdef double x
+    cdef double scale
+    cdef double* o = out + op.col
+    cdef Smooth m1
+    cdef Smooth m2
+    cdef Smooth m3
+    cdef long n1 = op.n1
+    cdef long n2 = op.n2
+    m1 = op.m1
+    m2 = op.m2
+    m3 = op.m3
+    # TA-Lib alignment, see _kernels._macd
+    if m3.cnt >= m3.n:
+        # all three EMAs seeded: ema_ta_push's steady branch, without tests
+        for k in range(m):
+            scale = 1.0 if kind == K_MACD else ic[k]
+            m1.avg = ta_ema_step(m1.avg, c[k], m1.b)
+            m2.avg = ta_ema_step(m2.avg, c[k], m2.b)
+            x = m1.avg - m2.avg
+            m3.avg = ta_ema_step(m3.avg, x, m3.b)
+            o[k * F] = x * scale
+            o[k * F + 1] = m3.avg * scale
+            o[k * F + 2] = (x - m3.avg) * scale
+    else:
+        for k in range(m):
+            if s0 + k >= n2 - n1:
+                ema_ta_push(&m1, c[k])
+            scale = 1.0 if kind == K_MACD else ic[k]
+            if ema_ta_push(&m2, c[k]):
+                x = m1.avg - m2.avg
+                o[k * F] = x * scale
+                if ema_ta_push(&m3, x):
+                    o[k * F + 1] = m3.avg * scale
+                    o[k * F + 2] = (x - m3.avg) * scale
+                else:
+                    o[k * F + 1] = NAN
+                    o[k * F + 2] = NAN
+            else:
+                o[k * F] = NAN
+                o[k * F + 1] = NAN
+                o[k * F + 2] = NAN
+    op.m1 = m1
+    op.m2 = m2
+    op.m3 = m3
+
+
+cdef void op_bollinger(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef int kind = op.kind
+    cdef double x
+    cdef double w
+    cdef double* o = out + op.col
+    cdef double* Y = E.Y
+    cdef double* mean
+    cdef double* var
+    cdef Roll r1
+    cdef long n1 = op.n1
+    cdef double p1 = op.p1
+    r1 = op.r1
+    # mean and population variance of the window: computed by the first op
+    # of the family on this window, reused by the others (same numbers)
+    if op.src < 0 and r1.run >= n1:
+        # steady state (see K_VOL)
+        for k in range(m):
+            roll_step2(&r1, E.C, msk, t0 + k, c[k])
+            op.mean[k] = roll_mean(&r1)
+            op.var[k] = roll_var_pop(&r1)
+        r1.run += m
+    elif op.src < 0:
+        for k in range(m):
+            if roll_push2(&r1, E.C, msk, t0 + k, c[k]):
+                op.mean[k] = roll_mean(&r1)
+                op.var[k] = roll_var_pop(&r1)
+            else:
+                op.mean[k] = NAN
+                op.var[k] = NAN
+    if op.src < 0:
+        mean = op.mean
+        var = op.var
+    else:
+        mean = E.ops[op.src].mean
+        var = E.ops[op.src].var
+    if kind == K_BBANDS:
+        for k in range(m):
+            x = mean[k]
+            w = p1 * sqrt(var[k])
+            o[k * F] = x + w
+            o[k * F + 1] = x
+            o[k * F + 2] = x - w
+    else:
+        # %b: NaN when the band is flat (no width); stddev: std * nbdev
+        fr_bb(Y, 0 if kind == K_BB_PCTB else (1 if kind == K_BB_WIDTH else 2), c, mean, var, p1, m)
+        scatter(o, F, Y, m)
+    op.r1 = r1
+
+
+cdef void op_volume_z_steady(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef double* o = out + op.col
+    cdef double* A = E.A
+    cdef double* B = E.B
+    cdef double* Y = E.Y
+    cdef Roll r1
+    r1 = op.r1
+    for k in range(m):
+        roll_step2(&r1, E.V, msk, t0 + k, v[k])
+        A[k] = v[k] - roll_mean(&r1)
+        B[k] = roll_var_sample(&r1)
+    r1.run += m
+    fr_z(Y, A, B, m)
+    scatter(o, F, Y, m)
+    op.r1 = r1
+
+
+cdef void op_volume_z(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef double* o = out + op.col
+    cdef double* A = E.A
+    cdef double* B = E.B
+    cdef double* Y = E.Y
+    cdef Roll r1
+    r1 = op.r1
+    for k in range(m):
+        if roll_push2(&r1, E.V, msk, t0 + k, v[k]):
+            A[k] = v[k] - roll_mean(&r1)
+            B[k] = roll_var_sample(&r1)
+        else:
+            A[k] = NAN
+            B[k] = NAN
+    # constant volume over the window (e.g. all zero): undefined, NaN
+    fr_z(Y, A, B, m)
+    scatter(o, F, Y, m)
+    op.r1 = r1
+
+
+cdef void op_vwap(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long msk = E.mask
+    cdef long k
+    cdef long t
+    cdef int kind = op.kind
+    cdef double up
+    cdef double* o = out + op.col
+    cdef double* A = E.A
+    cdef double* B = E.B
+    cdef double* Y = E.Y
+    cdef bint ok
+    cdef Roll r1
+    cdef Roll r2
+    cdef long n1 = op.n1
+    r1 = op.r1
+    r2 = op.r2
+    if r1.run >= n1:
+        # steady state (see K_VOL)
+        for k in range(m):
+            t = t0 + k
+            roll_step1(&r1, E.PV, msk, t, E.PV[t & msk])
+            roll_step1(&r2, E.V, msk, t, v[k])
+            A[k] = r1.s1
+            B[k] = r2.s1
+        r1.run += m
+        r2.run += m
+    else:
+        for k in range(m):
+            t = t0 + k
+            ok = roll_push1(&r1, E.PV, msk, t, E.PV[t & msk])
+            roll_push1(&r2, E.V, msk, t, v[k])
+            A[k] = r1.s1
+            # NaN (not > 0) while warming up; 0 when no volume traded in the window
+            B[k] = r2.s1 if ok else NAN
+    if kind == K_VWAP:
+        fr_ratio_pos(Y, A, B, m)
+    else:
+        fr_vwap_dev(Y, c, A, B, m)
+    scatter(o, F, Y, m)
+    op.r1 = r1
+    op.r2 = r2
+
+
+cdef void op_hl_range(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef long k
+    cdef double* o = out + op.col
+    for k in range(m):
+        o[k * F] = (h[k] - l[k]) * ic[k]
+
+
+cdef void op_intrabar(Eng* E, Op* op, long t0, long s0, long m, const double* h,
+        const double* l, const double* c, const double* v, const double* ic,
+        double* out) noexcept nogil:
+    cdef long F = E.ncols
+    cdef double* o = out + op.col
+    cdef double* Y = E.Y
+    # a bar with no range: the close is its only price, call it the middle
+    fr_intrabar(Y, h, l, c, m)
+    scatter(o, F, Y, m)
+
+
 cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
                      const double* l, const double* c, const double* v,
                      const double* ic, double* out) noexcept nogil:
@@ -265,274 +690,38 @@ cdef void op_segment(Eng* E, Op* op, long t0, long s0, long m, const double* h,
     values (divisions and square roots) into Y, which is scattered into the
     rows.
     """
-    cdef long F = E.ncols, msk = E.mask, k, t
+    # one small function per kind: in one big function the compiler stops
+    # inlining the per-bar helpers, and the rolling state leaves registers
     cdef int kind = op.kind
-    cdef double x, d, sd, w, up, lo, scale
-    cdef double* o = out + op.col
-    cdef double* A = E.A
-    cdef double* B = E.B
-    cdef double* Y = E.Y
-    cdef double* mean
-    cdef double* var
-    cdef bint ok
-    # each branch works on local copies of the state it uses: the output
-    # stores could alias the heap Op, which would force a store and reload on
-    # every recursion step (and copying all of it per chunk is not free)
-    cdef Roll r1
-    cdef Roll r2
-    cdef Smooth m1
-    cdef Smooth m2
-    cdef Smooth m3
     cdef long n1 = op.n1
-    cdef long n2 = op.n2
-    cdef double p1 = op.p1
     if kind == K_LOGRET and n1 == 1:
-        # the 1-bar log return is the R ring itself
-        for k in range(m):
-            o[k * F] = E.R[(t0 + k) & msk]
+        op_logret1(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_LOGRET:
-        r1 = op.r1
-        # log(c_t / c_{t-n}) as the window sum of the n 1-bar log returns: a
-        # rolling sum instead of a second log per bar (the difference from
-        # the direct log is a few 1e-16, far below the returns' own size)
-        if r1.run >= n1:
-            # steady state (see K_VOL)
-            for k in range(m):
-                t = t0 + k
-                roll_step1(&r1, E.R, msk, t, E.R[t & msk])
-                o[k * F] = r1.s1
-            r1.run += m
-        else:
-            for k in range(m):
-                t = t0 + k
-                o[k * F] = r1.s1 if roll_push1(&r1, E.R, msk, t, E.R[t & msk]) else NAN
-        op.r1 = r1
+        op_logret(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_VOL:
-        r1 = op.r1
-        if r1.run >= n1:
-            # steady state: the window is full and, the bars being good, every
-            # value of this segment is finite (R is NaN only on a run's first bar)
-            for k in range(m):
-                t = t0 + k
-                roll_step2(&r1, E.R, msk, t, E.R[t & msk])
-                A[k] = roll_var_sample(&r1)
-            r1.run += m
-        else:
-            for k in range(m):
-                t = t0 + k
-                A[k] = roll_var_sample(&r1) if roll_push2(&r1, E.R, msk, t, E.R[t & msk]) else NAN
-        fr_sqrt(Y, A, m)
-        scatter(o, F, Y, m)
-        op.r1 = r1
+        op_vol(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_SMA or kind == K_CLOSE_SMA:
-        r1 = op.r1
-        if r1.run >= n1:
-            for k in range(m):
-                roll_step1(&r1, E.C, msk, t0 + k, c[k])
-                A[k] = r1.s1 * r1.inv_n
-            r1.run += m
-        else:
-            for k in range(m):
-                A[k] = r1.s1 * r1.inv_n if roll_push1(&r1, E.C, msk, t0 + k, c[k]) else NAN
-        if kind == K_SMA:
-            scatter(o, F, A, m)
-        else:
-            fr_rel(Y, c, A, m)
-            scatter(o, F, Y, m)
-        op.r1 = r1
+        op_sma(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_EMA or kind == K_CLOSE_EMA:
-        m1 = op.m1
-        if m1.cnt >= m1.n:
-            # seeded: smooth_push's steady branch, without its test
-            for k in range(m):
-                m1.avg = madd(m1.avg, m1.a, c[k] * m1.b)
-                A[k] = m1.avg
-        else:
-            for k in range(m):
-                A[k] = m1.avg if smooth_push(&m1, c[k]) else NAN
-        if kind == K_EMA:
-            scatter(o, F, A, m)
-        else:
-            fr_rel(Y, c, A, m)
-            scatter(o, F, Y, m)
-        op.m1 = m1
+        op_ema(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_RSI:
-        m1 = op.m1
-        m2 = op.m2
-        if m1.cnt >= m1.n:
-            # seeded (so a previous close exists): the steady branch, no tests
-            for k in range(m):
-                t = t0 + k
-                d = c[k] - E.C[(t - 1) & msk]
-                x = d if d > 0.0 else 0.0
-                m1.avg = madd(m1.avg, m1.a, x * m1.b)
-                m2.avg = madd(m2.avg, m2.a, (x - d) * m2.b)
-                A[k] = m1.avg
-                B[k] = m2.avg
-        else:
-            for k in range(m):
-                t = t0 + k
-                ok = False
-                if s0 + k >= 1:
-                    d = c[k] - E.C[(t - 1) & msk]
-                    # loss = gain - d == max(-d, 0) exactly, and branch-free
-                    x = d if d > 0.0 else 0.0
-                    ok = smooth_push(&m1, x)
-                    smooth_push(&m2, x - d)
-                A[k] = m1.avg if ok else NAN
-                B[k] = m2.avg if ok else NAN
-        fr_rsi(Y, A, B, m)
-        scatter(o, F, Y, m)
-        op.m1 = m1
-        op.m2 = m2
+        op_rsi(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_ATR or kind == K_ATR_PCT:
-        m1 = op.m1
-        if m1.cnt >= m1.n:
-            for k in range(m):
-                t = t0 + k
-                m1.avg = madd(m1.avg, m1.a, true_range(h[k], l[k], E.C[(t - 1) & msk]) * m1.b)
-                o[k * F] = m1.avg if kind == K_ATR else m1.avg * ic[k]
-        else:
-            for k in range(m):
-                t = t0 + k
-                if s0 + k >= 1 and smooth_push(&m1, true_range(h[k], l[k], E.C[(t - 1) & msk])):
-                    x = m1.avg
-                    o[k * F] = x if kind == K_ATR else x * ic[k]
-                else:
-                    o[k * F] = NAN
-        op.m1 = m1
+        op_atr(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_MACD or kind == K_MACD_NORM:
-        m1 = op.m1
-        m2 = op.m2
-        m3 = op.m3
-        # TA-Lib alignment, see _kernels._macd
-        if m3.cnt >= m3.n:
-            # all three EMAs seeded: ema_ta_push's steady branch, without tests
-            for k in range(m):
-                scale = 1.0 if kind == K_MACD else ic[k]
-                m1.avg = ta_ema_step(m1.avg, c[k], m1.b)
-                m2.avg = ta_ema_step(m2.avg, c[k], m2.b)
-                x = m1.avg - m2.avg
-                m3.avg = ta_ema_step(m3.avg, x, m3.b)
-                o[k * F] = x * scale
-                o[k * F + 1] = m3.avg * scale
-                o[k * F + 2] = (x - m3.avg) * scale
-        else:
-            for k in range(m):
-                if s0 + k >= n2 - n1:
-                    ema_ta_push(&m1, c[k])
-                scale = 1.0 if kind == K_MACD else ic[k]
-                if ema_ta_push(&m2, c[k]):
-                    x = m1.avg - m2.avg
-                    o[k * F] = x * scale
-                    if ema_ta_push(&m3, x):
-                        o[k * F + 1] = m3.avg * scale
-                        o[k * F + 2] = (x - m3.avg) * scale
-                    else:
-                        o[k * F + 1] = NAN
-                        o[k * F + 2] = NAN
-                else:
-                    o[k * F] = NAN
-                    o[k * F + 1] = NAN
-                    o[k * F + 2] = NAN
-        op.m1 = m1
-        op.m2 = m2
-        op.m3 = m3
+        op_macd(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_BBANDS or kind == K_BB_PCTB or kind == K_BB_WIDTH or kind == K_STDDEV:
-        r1 = op.r1
-        # mean and population variance of the window: computed by the first op
-        # of the family on this window, reused by the others (same numbers)
-        if op.src < 0 and r1.run >= n1:
-            # steady state (see K_VOL)
-            for k in range(m):
-                roll_step2(&r1, E.C, msk, t0 + k, c[k])
-                op.mean[k] = roll_mean(&r1)
-                op.var[k] = roll_var_pop(&r1)
-            r1.run += m
-        elif op.src < 0:
-            for k in range(m):
-                if roll_push2(&r1, E.C, msk, t0 + k, c[k]):
-                    op.mean[k] = roll_mean(&r1)
-                    op.var[k] = roll_var_pop(&r1)
-                else:
-                    op.mean[k] = NAN
-                    op.var[k] = NAN
-        if op.src < 0:
-            mean = op.mean
-            var = op.var
-        else:
-            mean = E.ops[op.src].mean
-            var = E.ops[op.src].var
-        if kind == K_BBANDS:
-            for k in range(m):
-                x = mean[k]
-                w = p1 * sqrt(var[k])
-                o[k * F] = x + w
-                o[k * F + 1] = x
-                o[k * F + 2] = x - w
-        else:
-            # %b: NaN when the band is flat (no width); stddev: std * nbdev
-            fr_bb(Y, 0 if kind == K_BB_PCTB else (1 if kind == K_BB_WIDTH else 2), c, mean, var, p1, m)
-            scatter(o, F, Y, m)
-        op.r1 = r1
+        op_bollinger(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_VOLUME_Z and op.r1.run >= n1:
-        r1 = op.r1
-        for k in range(m):
-            roll_step2(&r1, E.V, msk, t0 + k, v[k])
-            A[k] = v[k] - roll_mean(&r1)
-            B[k] = roll_var_sample(&r1)
-        r1.run += m
-        fr_z(Y, A, B, m)
-        scatter(o, F, Y, m)
-        op.r1 = r1
+        op_volume_z_steady(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_VOLUME_Z:
-        r1 = op.r1
-        for k in range(m):
-            if roll_push2(&r1, E.V, msk, t0 + k, v[k]):
-                A[k] = v[k] - roll_mean(&r1)
-                B[k] = roll_var_sample(&r1)
-            else:
-                A[k] = NAN
-                B[k] = NAN
-        # constant volume over the window (e.g. all zero): undefined, NaN
-        fr_z(Y, A, B, m)
-        scatter(o, F, Y, m)
-        op.r1 = r1
+        op_volume_z(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_VWAP or kind == K_VWAP_DEV:
-        r1 = op.r1
-        r2 = op.r2
-        if r1.run >= n1:
-            # steady state (see K_VOL)
-            for k in range(m):
-                t = t0 + k
-                roll_step1(&r1, E.PV, msk, t, E.PV[t & msk])
-                roll_step1(&r2, E.V, msk, t, v[k])
-                A[k] = r1.s1
-                B[k] = r2.s1
-            r1.run += m
-            r2.run += m
-        else:
-            for k in range(m):
-                t = t0 + k
-                ok = roll_push1(&r1, E.PV, msk, t, E.PV[t & msk])
-                roll_push1(&r2, E.V, msk, t, v[k])
-                A[k] = r1.s1
-                # NaN (not > 0) while warming up; 0 when no volume traded in the window
-                B[k] = r2.s1 if ok else NAN
-        if kind == K_VWAP:
-            fr_ratio_pos(Y, A, B, m)
-        else:
-            fr_vwap_dev(Y, c, A, B, m)
-        scatter(o, F, Y, m)
-        op.r1 = r1
-        op.r2 = r2
+        op_vwap(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_HL_RANGE:
-        for k in range(m):
-            o[k * F] = (h[k] - l[k]) * ic[k]
+        op_hl_range(E, op, t0, s0, m, h, l, c, v, ic, out)
     elif kind == K_INTRABAR:
-        # a bar with no range: the close is its only price, call it the middle
-        fr_intrabar(Y, h, l, c, m)
-        scatter(o, F, Y, m)
+        op_intrabar(E, op, t0, s0, m, h, l, c, v, ic, out)
 
 
 cdef void eng_segment(Eng* E, const double* h, const double* l, const double* c,
