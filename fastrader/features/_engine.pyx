@@ -5,7 +5,7 @@
 The inline-limit parameters in the distutils line let GCC inline the per-bar
 rolling steps into every op loop (otherwise it stops at its growth limits and
 the rolling state lives in memory; ~12% on the default set). They are GCC
-options, as is everything in setup.py's flags.
+options: a build with another compiler may have to drop them.
 
 Compiled with -ffp-contract=off: the compiler may otherwise fuse a*b + c
 into one FMA in one inlined copy of a helper and not in another, and the same
