@@ -27,6 +27,8 @@ struct Geometry {
   int64_t nres;  // residue classes that hold at least one position
 
   int64_t count(int64_t r) const { return (N - r + dil - 1) / dil; }
+  // Rough multiply-adds of the forward over BH heads (keys per query <= W + S).
+  int64_t work(int64_t BH) const { return BH * N * std::min(N, W + S) * Dp; }
   int64_t pos(int64_t r, int64_t t) const { return r + t * dil; }
 };
 

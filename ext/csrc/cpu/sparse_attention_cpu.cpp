@@ -29,13 +29,26 @@ constexpr T neg_inf() {
   return -std::numeric_limits<T>::infinity();
 }
 
+// Below this many multiply-adds a call runs on the calling thread: waking a
+// thread team costs more than it saves, and on a busy machine a lot more
+// (small shapes are common: per-bar inference in a backtest, gradcheck).
+constexpr int64_t kSerialWork = int64_t(1) << 21;
+
+// Threads worth using for `work` multiply-adds.
+inline int64_t threads_for(int64_t work) { return work < kSerialWork ? 1 : at::get_num_threads(); }
+
 // Runs body(task, scratch) for every task over ATen's threads, handing tasks
 // out one at a time from a shared counter: block costs differ (sequence
 // starts, dense windows, odd residue classes), so static splits would idle.
 template <typename Scratch, typename Make, typename Body>
-void run_tasks(int64_t ntasks, Make make, Body body) {
+void run_tasks(int64_t ntasks, int64_t work, Make make, Body body) {
   if (ntasks <= 0) return;
-  const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
+  const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(threads_for(work), ntasks));
+  if (nth == 1) {
+    Scratch sc = make();
+    for (int64_t t = 0; t < ntasks; ++t) body(t, sc);
+    return;
+  }
   std::atomic<int64_t> next{0};
   at::parallel_for(0, nth, 1, [&](int64_t, int64_t) {
     Scratch sc = make();
@@ -306,7 +319,7 @@ void fwd_impl(const Geometry& g, int64_t BH, const T* q, const T* k, const T* v,
   const auto blocks = query_blocks(g);
   const int64_t nb = (int64_t)blocks.size();
   run_tasks<FwdScratch<T>>(
-      BH * nb, [&] { return FwdScratch<T>(g.Dp); },
+      BH * nb, g.work(BH), [&] { return FwdScratch<T>(g.Dp); },
       [&](int64_t task, FwdScratch<T>& sc) {
         const int64_t bh = task / nb;
         const auto [r, t0] = blocks[task % nb];
@@ -540,7 +553,8 @@ void bwd_impl(const Geometry& g, int64_t BH, const Head<T>& base, T scale) {
   // Whole residue classes per task when there are enough of them to keep
   // every thread busy; otherwise split classes into segments of >= W rows so
   // the halos add at most one extra copy of dK/dV.
-  const int64_t nth = at::get_num_threads();
+  const int64_t work = 5 * g.work(BH) / 2;  // five products to the forward's two
+  const int64_t nth = threads_for(work);
   const int64_t nseq = BH * g.nres;
   // Many small tasks: a thread that the OS preempts (other processes on a
   // shared machine) then holds back at most one short task at the end.
@@ -566,14 +580,15 @@ void bwd_impl(const Geometry& g, int64_t BH, const Head<T>& base, T scale) {
   std::vector<T> halo_k(halo_rows * g.D, T(0)), halo_v(halo_rows * g.D, T(0));
 
   run_tasks<BwdScratch<T>>(
-      (int64_t)tasks.size(), [&] { return BwdScratch<T>(g.Dp); },
+      (int64_t)tasks.size(), work, [&] { return BwdScratch<T>(g.Dp); },
       [&](int64_t i, BwdScratch<T>& sc) {
         const SegTask& task = tasks[i];
         bwd_segment(g, head_at(base, g, task.bh), task, halo_k.data(), halo_v.data(), scale, sc);
       });
 
   if (halo_rows > 0) {
-    at::parallel_for(0, nseq, 1, [&](int64_t s0, int64_t s1) {
+    const int64_t grain = halo_rows * g.D < kSerialWork ? nseq : 1;
+    at::parallel_for(0, nseq, grain, [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s)
         for (int64_t i = seq_begin[s]; i < seq_begin[s + 1]; ++i) {
           const SegTask& task = tasks[i];
@@ -593,7 +608,7 @@ void bwd_impl(const Geometry& g, int64_t BH, const Head<T>& base, T scale) {
   if (g.S > 0) {
     const int64_t nchunks = (g.S + kBK - 1) / kBK;
     run_tasks<BwdScratch<T>>(
-        BH * nchunks, [&] { return BwdScratch<T>(g.Dp); },
+        BH * nchunks, 3 * BH * g.N * g.S * g.Dp, [&] { return BwdScratch<T>(g.Dp); },
         [&](int64_t i, BwdScratch<T>& sc) {
           const int64_t bh = i / nchunks, j0 = (i % nchunks) * kBK;
           bwd_sinks(g, head_at(base, g, bh), j0, (int)std::min<int64_t>(kBK, g.S - j0), scale, sc);
