@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "check.h"
 #include "cpu/attention_plan.h"
 #include "cpu/simd.h"
 #include "cpu/tiles.h"
@@ -633,17 +634,17 @@ Geometry make_geometry(const at::Tensor& q, int64_t window, int64_t dilation, in
 
 void check_common(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   int64_t window, int64_t dilation, int64_t sinks, double scale) {
-  TORCH_CHECK(q.dim() == 4, op, ": q must be (batch, heads, seq, head_dim), got ", q.sizes());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
+  FR_CHECK(q.dim() == 4, op, ": q must be (batch, heads, seq, head_dim), got ", q.sizes());
+  FR_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
               ": q, k, v must have the same shape, got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+  FR_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
               ": q, k, v must have the same dtype");
-  TORCH_CHECK(at::isFloatingType(q.scalar_type()), op, ": floating point inputs required, got ",
+  FR_CHECK(at::isFloatingType(q.scalar_type()), op, ": floating point inputs required, got ",
               q.scalar_type());
-  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 256, op, ": head_dim must be in [1, 256], got ", q.size(3));
-  TORCH_CHECK(window >= 1 && dilation >= 1 && sinks >= 0, op,
+  FR_CHECK(q.size(3) >= 1 && q.size(3) <= 256, op, ": head_dim must be in [1, 256], got ", q.size(3));
+  FR_CHECK(window >= 1 && dilation >= 1 && sinks >= 0, op,
               ": need window >= 1, dilation >= 1, sinks >= 0, got ", window, ", ", dilation, ", ", sinks);
-  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite");
+  FR_CHECK(std::isfinite(scale), op, ": scale must be finite");
 }
 
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -673,13 +674,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cpu(
     const at::Tensor& out, const at::Tensor& lse, int64_t window, int64_t dilation, int64_t sinks,
     double scale, const std::optional<at::Tensor>& grad_lse) {
   check_common("sparse_attn_bwd", q, k, v, window, dilation, sinks, scale);
-  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+  FR_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
               "sparse_attn_bwd: grad_out and out must have q's shape");
   const std::vector<int64_t> row_shape{q.size(0), q.size(1), q.size(2)};
-  TORCH_CHECK(lse.sizes() == row_shape, "sparse_attn_bwd: lse must be (batch, heads, seq)");
+  FR_CHECK(lse.sizes() == row_shape, "sparse_attn_bwd: lse must be (batch, heads, seq)");
   const bool has_glse = grad_lse.has_value() && grad_lse->defined();
   if (has_glse)
-    TORCH_CHECK(grad_lse->sizes() == row_shape, "sparse_attn_bwd: grad_lse must be (batch, heads, seq)");
+    FR_CHECK(grad_lse->sizes() == row_shape, "sparse_attn_bwd: grad_lse must be (batch, heads, seq)");
   const auto ct = compute_type(q.scalar_type());
   auto prep = [&](const at::Tensor& t) { return t.to(ct).contiguous(); };
   const at::Tensor qc = prep(q), kc = prep(k), vc = prep(v), oc = prep(out), gc = prep(grad_out),
