@@ -47,6 +47,18 @@ def _looks_numeric(cell: object) -> bool:
     return True
 
 
+def exact_float_kwargs() -> dict:
+    """read_csv options for exact decimal -> double parsing.
+
+    Before pandas 3.1 the default parser may be off by one ulp (seen on 3.0.6),
+    so a CSV written from a frame would not load back bit for bit and two runs
+    over "the same data" could differ. pandas 3.1 parses exactly by default
+    and deprecates the option.
+    """
+    major, minor = (int(x) for x in pd.__version__.split(".")[:2])
+    return {"float_precision": "round_trip"} if (major, minor) < (3, 1) else {}
+
+
 def read_csv_table(path: Path) -> tuple[pd.DataFrame, int]:
     """Read a CSV with or without a header; return the table and its first data line.
 
@@ -67,9 +79,9 @@ def read_csv_table(path: Path) -> tuple[pd.DataFrame, int]:
                     f"{path}: header-less CSV has {len(first.columns)} columns; expected the 6 ccxt "
                     "columns timestamp,open,high,low,close,volume"
                 )
-            table = pd.read_csv(path, header=None, names=list(COLUMNS))
+            table = pd.read_csv(path, header=None, names=list(COLUMNS), **exact_float_kwargs())
             return table, 1
-        return pd.read_csv(path), 2
+        return pd.read_csv(path, **exact_float_kwargs()), 2
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: no rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:

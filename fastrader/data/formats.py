@@ -47,7 +47,9 @@ def epoch_to_ms(values, source: str) -> np.ndarray:
 
 def _read(path: Path, **kw) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, **kw)
+        from fastrader.data.files import exact_float_kwargs
+
+        return pd.read_csv(path, **{**exact_float_kwargs(), **kw})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read as CSV ({first})") from None
