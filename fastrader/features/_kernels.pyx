@@ -16,7 +16,7 @@ from libc.math cimport sqrt
 
 from fastrader.features._common cimport (
     NAN, finite, Roll, roll_init, roll_push1, roll_push2, roll_mean, roll_var_pop,
-    roll_var_sample, roll_step1, roll_step2, ta_ema_step, madd, Smooth, ema_init, wilder_init, smooth_reset, smooth_push, ema_ta_push,
+    roll_var_sample, roll_step1, roll_step2, ta_ema_step, madd, window_sum, Smooth, ema_init, wilder_init, smooth_reset, smooth_push, ema_ta_push,
     rsi_value, true_range,
 )
 
@@ -98,25 +98,31 @@ cdef inline long chunk_end(long t, long N) noexcept nogil:
 
 
 cdef void _sma(const double* x, long N, long n, double* out) noexcept nogil:
-    cdef Roll r, r0
+    cdef Roll r
     cdef long t = 0, e, i
-    cdef double chk, v
+    cdef double chk, v, s
     roll_init(&r, n)
     while t < N:
         e = chunk_end(t, N)
         if r.run >= n:
-            r0 = r
+            # Steady state: a plain running sum, re-summed exactly at every
+            # chunk start (bounds the drift to one chunk, like TA-Lib's own
+            # running sum but without its drift over the whole series).
+            s = window_sum(x, -1, t - 1, n)
             chk = 0.0
             for i in range(t, e):
                 v = x[i]
                 chk += v
-                roll_step1(&r, x, -1, i, v)
-                out[i] = r.s1 * r.inv_n
+                s += v - x[i - n]
+                out[i] = s * r.inv_n
             if finite(chk):
                 r.run += e - t
+                r.s1 = s
+                r.left = 0
+                r.last = NAN
+                r.same = 0
                 t = e
                 continue
-            r = r0
         for i in range(t, e):
             out[i] = r.s1 * r.inv_n if roll_push1(&r, x, -1, i, x[i]) else NAN
         t = e
