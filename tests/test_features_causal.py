@@ -13,16 +13,9 @@ from fastrader.features import (
     KINDS, FeatureSpec, FeatureStream, atr, bar_flags, compute_features, default_spec, ema, macd, rsi, sma, stddev,
 )
 from fastrader.features import validate
+from _bars import walk  # noqa: E402
 
 
-def walk(n, seed, start=100.0, vol=0.01):
-    rng = np.random.default_rng(seed)
-    c = start * np.exp(np.cumsum(rng.normal(0, vol, n)))
-    o = np.r_[start, c[:-1]] * np.exp(rng.normal(0, vol / 4, n))
-    h = np.maximum(o, c) * np.exp(np.abs(rng.normal(0, vol / 2, n)))
-    lo = np.minimum(o, c) * np.exp(-np.abs(rng.normal(0, vol / 2, n)))
-    v = rng.lognormal(3.0, 1.0, n)
-    return [o, h, lo, c, v]
 
 
 # every kind, small windows so that all warm up within a few dozen bars

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,29 +10,16 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view as windows
 
 from fastrader.features import FeatureSpec, compute_features, default_spec, rolling_zscore
+from _bars import real_ohlcv, walk  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_BTCUSDT_1h.csv"
 TOL = 1e-12
 
 
-def walk(n, seed, start=100.0, vol=0.01):
-    rng = np.random.default_rng(seed)
-    c = start * np.exp(np.cumsum(rng.normal(0, vol, n)))
-    o = np.r_[start, c[:-1]] * np.exp(rng.normal(0, vol / 4, n))
-    h = np.maximum(o, c) * np.exp(np.abs(rng.normal(0, vol / 2, n)))
-    lo = np.minimum(o, c) * np.exp(-np.abs(rng.normal(0, vol / 2, n)))
-    v = rng.lognormal(3.0, 1.0, n)
-    return o, h, lo, c, v
 
 
-def _real():
-    if not REAL.is_file():
-        pytest.skip(f"real BTC/USDT data not found at {REAL} (../shared is absent in a user's clone)")
-    df = pd.read_csv(REAL)
-    return tuple(df[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume"))
 
 
-DATASETS = {"btc": _real, "walk": lambda: walk(30_000, 11), "walk_quiet": lambda: walk(30_000, 12, 2e4, 0.002)}
+DATASETS = {"btc": real_ohlcv, "walk": lambda: walk(30_000, 11), "walk_quiet": lambda: walk(30_000, 12, 2e4, 0.002)}
 
 
 @pytest.fixture(params=list(DATASETS), scope="module")

@@ -4,7 +4,6 @@ walks, through both the standalone kernels and the fused engine."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,31 +12,17 @@ import pytest
 talib = pytest.importorskip("talib", reason="ta-lib (dev extra) is needed for the reference values")
 
 from fastrader.features import FeatureSpec, atr, bbands, compute_features, ema, macd, rsi, sma, stddev  # noqa: E402
+from _bars import real_ohlcv, walk  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_BTCUSDT_1h.csv"
 RTOL = 1e-9
 
 
-def walk(n, seed, start=100.0, vol=0.01):
-    """Geometric random walk OHLCV with consistent bars."""
-    rng = np.random.default_rng(seed)
-    c = start * np.exp(np.cumsum(rng.normal(0, vol, n)))
-    o = np.r_[start, c[:-1]] * np.exp(rng.normal(0, vol / 4, n))
-    h = np.maximum(o, c) * np.exp(np.abs(rng.normal(0, vol / 2, n)))
-    lo = np.minimum(o, c) * np.exp(-np.abs(rng.normal(0, vol / 2, n)))
-    v = rng.lognormal(3.0, 1.0, n)
-    return o, h, lo, c, v
 
 
-def _real():
-    if not REAL.is_file():
-        pytest.skip(f"real BTC/USDT data not found at {REAL} (../shared is absent in a user's clone)")
-    df = pd.read_csv(REAL)
-    return tuple(df[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume"))
 
 
 DATASETS = {
-    "btc": _real,
+    "btc": real_ohlcv,
     "walk_small": lambda: walk(20_000, 1),
     "walk_1e4": lambda: walk(20_000, 2, start=1e4, vol=0.003),  # quiet, high level: hard for E[x^2]-E[x]^2
     "walk_long": lambda: walk(300_000, 3, start=50.0, vol=0.02),
