@@ -16,8 +16,6 @@ from fastrader.features import validate
 from _bars import walk  # noqa: E402
 
 
-
-
 # every kind, small windows so that all warm up within a few dozen bars
 ALL_KINDS = FeatureSpec((
     {"kind": "logret", "n": 3}, {"kind": "volatility", "n": 7}, {"kind": "sma", "n": 5}, {"kind": "ema", "n": 6},

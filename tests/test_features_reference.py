@@ -15,10 +15,6 @@ from _bars import real_ohlcv, walk  # noqa: E402
 TOL = 1e-12
 
 
-
-
-
-
 DATASETS = {"btc": real_ohlcv, "walk": lambda: walk(30_000, 11), "walk_quiet": lambda: walk(30_000, 12, 2e4, 0.002)}
 
 

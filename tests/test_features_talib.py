@@ -17,10 +17,6 @@ from _bars import real_ohlcv, walk  # noqa: E402
 RTOL = 1e-9
 
 
-
-
-
-
 DATASETS = {
     "btc": real_ohlcv,
     "walk_small": lambda: walk(20_000, 1),
