@@ -52,3 +52,15 @@ def test_module_class_and_file_class_syntax(tmp_path):
     bad.write_text("raise ValueError('oops')\n")
     with pytest.raises(ConfigError, match="failed to import"):
         resolve_strategy(f"{bad}:X")
+
+
+def test_example_strategy_and_config_run(csv, tmp_path):
+    """The examples/ folder stays runnable: its strategy class and its TOML config."""
+    from fastrader.run import config_from_args
+
+    repo = REPO_STRATEGIES.parent
+    out = run(RunConfig(data=str(csv), strategy=f"{repo / 'examples' / 'custom_strategy.py'}:CalmLong",
+                        out=str(tmp_path / "ex"), tearsheet=False, progress=False))
+    assert out.metrics["bars"] == 900
+    cfg = config_from_args(["--config", str(repo / "examples" / "run.toml"), "--data", str(csv)])
+    assert cfg.strategy == "vol_scaled" and cfg.cash == 25000
