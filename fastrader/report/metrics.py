@@ -9,6 +9,8 @@ with the same periods per year, so ``metrics.json`` and the tearsheet agree.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -47,6 +49,14 @@ def compute_metrics(returns: pd.Series, *, n_trades: int, bars: int, seconds: fl
         x = float(x)
         return x if np.isfinite(x) else float("nan")
 
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # A flat equity curve makes Sharpe/Sortino 0/0: report NaN (null in
+        # JSON) instead of letting QuantStats print a RuntimeWarning.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _metrics(qs, returns, f, n_trades, bars, seconds, periods)
+
+
+def _metrics(qs, returns, f, n_trades, bars, seconds, periods) -> dict:
     return {
         "total_return": f(qs.stats.comp(returns)),
         "cagr": f(qs.stats.cagr(returns, periods=periods)),
