@@ -202,3 +202,12 @@ def test_failure_after_backtest_keeps_results(capsys, tmp_path, tiny_run, monkey
     assert "disk full" in err and str(out) in err
     for name in ("metrics.json", "trades.csv", "equity.csv", "signals.csv"):
         assert (out / name).is_file(), name
+
+
+def test_strategy_that_never_trades_still_reports(tmp_path, tiny_run):
+    out = tmp_path / "flat"
+    assert main(["--data", str(tiny_run[0]), "--out", str(out), "--no-progress", "--threshold", "1000"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_trades"] == 0 and m["total_return"] == 0.0
+    assert m["sharpe"] is None  # 0/0 is undefined, written as null rather than a made-up number
+    assert "no trades" in (out / "tearsheet.html").read_text()

@@ -29,6 +29,11 @@ def write_tearsheet(
     path = Path(path)
     bench = benchmark.reindex(returns.index).fillna(0.0)
     bench.name = benchmark_title
+    if not returns.to_numpy().any():
+        # A strategy that never traded: QuantStats' benchmark regression has
+        # no variance to work with and raises, so report without a benchmark.
+        bench = None
+        title = f"{title} (no trades: the strategy stayed flat)"
     with warnings.catch_warnings():
         # Third-party deprecation noise is not ours to fix; keep the console clean.
         warnings.simplefilter("ignore")
