@@ -16,7 +16,7 @@ from libc.math cimport sqrt
 
 from fastrader.features._common cimport (
     NAN, finite, Roll, roll_init, roll_push1, roll_push2, roll_mean, roll_var_pop,
-    roll_var_sample, roll_step1, roll_step2, ta_ema_step, madd, window_sum, Smooth, ema_init, wilder_init, smooth_reset, smooth_push, ema_ta_push,
+    roll_var_sample, roll_step1, roll_step2, ta_ema_step, madd, window_sum, window_sums2_c, fastrader_sums, Smooth, ema_init, wilder_init, smooth_reset, smooth_push, ema_ta_push,
     rsi_value, true_range,
 )
 
@@ -396,26 +396,44 @@ cdef void _bbands(const double* x, long N, long n, double k, double* up, double*
 
 
 cdef void _stddev(const double* x, long N, long n, double nbdev, double* out) noexcept nogil:
-    cdef Roll r, r0
-    cdef long t = 0, e, i
-    cdef double v, chk
+    cdef Roll r
+    cdef long t = 0, e, i, same
+    cdef double v, chk, K, s1, s2, d, dd, m, var, last
+    cdef fastrader_sums q
     roll_init(&r, n)
     while t < N:
         e = chunk_end(t, N)
         if r.run >= n:
-            r0 = r
+            # Steady state: moment sums shifted by the last value before the
+            # chunk, re-summed exactly once per chunk, updated incrementally
+            # inside it. A window of n equal values is an exact zero spread.
+            K = x[t - 1]
+            q = window_sums2_c(x, -1, t - 1, n, K)
+            s1 = q.s1
+            s2 = q.s2
+            same = r.same
+            last = r.last
             chk = 0.0
             for i in range(t, e):
                 v = x[i]
                 chk += v
-                roll_step2(&r, x, -1, i, v)
-                out[i] = roll_var_pop(&r)
+                same = same * (v == last) + 1
+                last = v
+                d = v - K
+                dd = x[i - n] - K
+                s1 += d - dd
+                s2 += (d - dd) * (d + dd)
+                m = s1 * r.inv_n
+                var = s2 * r.inv_n - m * m
+                out[i] = 0.0 if (same >= n or var < 0.0) else var
             sqrt_scale(out + t, e - t, nbdev)
             if finite(chk):
                 r.run += e - t
+                r.same = same
+                r.last = last
+                r.left = 0
                 t = e
                 continue
-            r = r0
         for i in range(t, e):
             out[i] = sqrt(roll_var_pop(&r)) * nbdev if roll_push2(&r, x, -1, i, x[i]) else NAN
         t = e
