@@ -7,7 +7,6 @@ the tearsheet last, so a failure in reporting never loses the backtest.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -54,14 +53,6 @@ class RunOutcome:
     metrics: dict
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def candles_digest(df: pd.DataFrame) -> str:
-    """A hash of candle values, to recognise the data a model was trained on."""
-    h = hashlib.sha256()
-    for col in ("timestamp", "open", "high", "low", "close", "volume"):
-        h.update(np.ascontiguousarray(df[col].to_numpy()).tobytes())
-    return h.hexdigest()[:16]
 
 
 def load_data(cfg: RunConfig) -> tuple[pd.DataFrame, str]:
@@ -111,6 +102,8 @@ def backtest_start(cfg: RunConfig, df: pd.DataFrame, train: dict) -> tuple[int, 
     out of sample. Otherwise trading starts at the first bar; the model's
     warm-up bars are simply flat. An ISO date or UTC ms starts there.
     """
+    from .data import candles_digest
+
     ts = df["timestamp"].to_numpy()
     if cfg.start == "auto":
         lo, hi, digest = train.get("start_ms"), train.get("end_ms"), train.get("data_digest")
@@ -179,23 +172,27 @@ def run(cfg: RunConfig) -> RunOutcome:
     start, note = backtest_start(cfg, df, ckpt.train)
     if note:
         notes.append(note)
-    t_sig = time.perf_counter()
-    signal = sm.precompute(df)  # one causal pass over all bars, history before `start` included
-    sig_seconds = time.perf_counter() - t_sig
+    from .strategy import ModelStrategy
+
+    is_model = issubclass(strategy_cls, ModelStrategy)
+    streaming = is_model and (cfg.stream or bool(strategy_cls.params.stream))
+    traded = df.iloc[start:].reset_index(drop=True).copy()
+    sig_seconds = float("nan")
+    if not streaming:  # a streaming strategy computes its own signals inside Backtrader
+        t_sig = time.perf_counter()
+        signal = sm.precompute(df)  # one causal pass over all bars, history before `start` included
+        sig_seconds = time.perf_counter() - t_sig
+        traded["signal"] = signal[start:]
     bar.update()
 
     step(3)
-    from .strategy import ModelStrategy
-
     params = {}
     if cfg.threshold is not None:
         params["threshold"] = cfg.threshold
-    if issubclass(strategy_cls, ModelStrategy):
+    if is_model:
         params["model"] = sm  # used when the strategy streams (``--stream`` or params.stream)
     if cfg.stream:
         params["stream"] = True
-    traded = df.iloc[start:].reset_index(drop=True).copy()
-    traded["signal"] = signal[start:]
     try:
         result = run_backtest(
             traded,
@@ -219,7 +216,7 @@ def run(cfg: RunConfig) -> RunOutcome:
         seconds=result.seconds,
         periods=cfg.periods_per_year,
     )
-    metrics["signal_bars_per_s"] = float(len(df) / sig_seconds) if sig_seconds > 0 else float("nan")
+    metrics["signal_bars_per_s"] = float(len(df) / sig_seconds) if sig_seconds > 0 else float("nan")  # NaN when streamed
     out = new_run_dir(cfg)
     # signals.csv holds what the strategy itself saw and decided at each bar.
     signals = result.signals.rename(columns={"target": "target_position"})

@@ -22,9 +22,14 @@ def walk(n, seed, start=100.0, vol=0.01):
     return [o, h, lo, c, v]
 
 
-def real_ohlcv():
-    """The real hourly candles as five arrays; skips the test when ../shared is absent."""
+def require_real_data() -> Path:
+    """Path of the real hourly candles; skips the calling test when ../shared is absent."""
     if not REAL.is_file():
         pytest.skip(f"real BTC/USDT data not found at {REAL} (../shared is absent in a user's clone)")
-    df = pd.read_csv(REAL)
+    return REAL
+
+
+def real_ohlcv():
+    """The real hourly candles as five arrays; skips the test when ../shared is absent."""
+    df = pd.read_csv(require_real_data())
     return tuple(df[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume"))

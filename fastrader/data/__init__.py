@@ -6,7 +6,7 @@ Backtrader (:mod:`.feed`), downloading through ccxt (:mod:`.download`,
 separate modules; :func:`load_history` ties download and cache together.
 """
 
-from fastrader.data.candles import COLUMNS, validate_candles
+from fastrader.data.candles import COLUMNS, candles_digest, validate_candles
 from fastrader.data.feed import CandleFeed, add_feeds, infer_timeframe, make_feed
 from fastrader.data.files import load_candles
 from fastrader.data.gaps import fill_gaps, find_gaps
@@ -18,6 +18,7 @@ __all__ = [
     "CandleFeed",
     "HistoryResult",
     "add_feeds",
+    "candles_digest",
     "fetch_history",
     "fill_gaps",
     "find_gaps",

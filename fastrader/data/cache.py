@@ -19,7 +19,6 @@ uses; :class:`ParquetStore` is the default implementation.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from typing import Iterator, Protocol
 import numpy as np
 import pandas as pd
 
-from fastrader.data.candles import COLUMNS, empty_candles, validate_candles
+from fastrader.data.candles import COLUMNS, candles_digest, empty_candles, validate_candles
 from fastrader.errors import CacheError, DataError
 
 FORMAT = "fastrader-candles"
@@ -108,15 +107,6 @@ def missing_intervals(request: Interval, covered: list[Interval]) -> list[Interv
     if cursor < end:
         missing.append((cursor, end))
     return missing
-
-
-def candles_digest(candles: pd.DataFrame) -> str:
-    """SHA-256 over the candle values in canonical dtypes (independent of Parquet encoding)."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(candles["timestamp"].to_numpy(dtype=np.int64)).tobytes())
-    for name in COLUMNS[1:]:
-        h.update(np.ascontiguousarray(candles[name].to_numpy(dtype=np.float64)).tobytes())
-    return h.hexdigest()
 
 
 class CandleStore(Protocol):

@@ -9,6 +9,8 @@ one place, with where it was found.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
@@ -178,3 +180,12 @@ def validate_candles(df: pd.DataFrame, source: str = "candles", *, first_line: i
 
 def _iso(ms: int) -> str:
     return pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+
+
+def candles_digest(candles: pd.DataFrame) -> str:
+    """SHA-256 over the candle values in canonical dtypes (independent of Parquet encoding)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(candles["timestamp"].to_numpy(dtype=np.int64)).tobytes())
+    for name in COLUMNS[1:]:
+        h.update(np.ascontiguousarray(candles[name].to_numpy(dtype=np.float64)).tobytes())
+    return h.hexdigest()

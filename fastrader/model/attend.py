@@ -17,17 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..attention import available as _fastrader_available
+from ..attention import sparse_attention
 from ..errors import ConfigError
 
 BACKENDS = ("auto", "fastrader", "sdpa", "flash")
-
-
-def _fastrader_available() -> bool:
-    try:
-        from ..attention import sparse_attention  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
 
 
 def resolve_backend(name: str) -> str:
@@ -78,8 +72,6 @@ def _sdpa_chunked(q, k, v, window, dilation, sinks, chunk=1024):
 def attend(q, k, v, *, window: int, dilation: int = 1, sinks: int = 0, backend: str = "fastrader"):
     """Causal sparse attention of (B, H, N, D) tensors with the chosen backend."""
     if backend == "fastrader":
-        from ..attention import sparse_attention
-
         return sparse_attention(q, k, v, window=window, dilation=dilation, sinks=sinks)
     if backend == "sdpa":
         return _sdpa_chunked(q, k, v, window, dilation, sinks)

@@ -21,7 +21,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
@@ -123,4 +122,4 @@ def load(path: str | os.PathLike | None = None) -> Checkpoint:
     )
 
 
-__all__ = ["Checkpoint", "save", "load", "DEFAULT_CHECKPOINT", "torch"]
+__all__ = ["Checkpoint", "save", "load", "DEFAULT_CHECKPOINT"]

@@ -116,7 +116,7 @@ def train(df: pd.DataFrame, cfg: TrainConfig, spec: FeatureSpec | None = None, p
     ic = float(np.corrcoef(scores[ok], y[ok])[0, 1])
 
     ts = df["timestamp"].to_numpy()
-    from ..pipeline import candles_digest
+    from ..data import candles_digest
 
     train_info = {
         "start_ms": int(ts[0]),

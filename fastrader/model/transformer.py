@@ -18,7 +18,6 @@ is what makes bar-by-bar streaming exact with a bounded buffer.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -141,13 +140,3 @@ class CausalTransformer(nn.Module):
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def flops_per_bar(cfg: ModelConfig) -> float:
-    """Rough forward FLOPs per bar (for the summary's bars/s context)."""
-    d = cfg.d_model
-    per_layer = 2 * (3 * d * d + d * d + 2 * d * cfg.d_ff) + 4 * d * (cfg.window + cfg.sinks)
-    return float(cfg.n_layers * per_layer + 2 * cfg.n_features * d + 2 * d * cfg.conv_kernel)
-
-
-__all__ = ["ModelConfig", "CausalTransformer", "flops_per_bar", "math"]

@@ -53,19 +53,15 @@ def compute_metrics(returns: pd.Series, *, n_trades: int, bars: int, seconds: fl
         # A flat equity curve makes Sharpe/Sortino 0/0: report NaN (null in
         # JSON) instead of letting QuantStats print a RuntimeWarning.
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _metrics(qs, returns, f, n_trades, bars, seconds, periods)
-
-
-def _metrics(qs, returns, f, n_trades, bars, seconds, periods) -> dict:
-    return {
-        "total_return": f(qs.stats.comp(returns)),
-        "cagr": f(qs.stats.cagr(returns, periods=periods)),
-        "sharpe": f(qs.stats.sharpe(returns, periods=periods)),
-        "sortino": f(qs.stats.sortino(returns, periods=periods)),
-        "max_drawdown": f(qs.stats.max_drawdown(returns)),
-        "n_trades": int(n_trades),
-        "bars": int(bars),
-        "bars_per_s": f(bars / seconds) if seconds > 0 else float("nan"),
-        "periods_per_year": int(periods),
-        "days": int(len(returns)),
-    }
+        return {
+            "total_return": f(qs.stats.comp(returns)),
+            "cagr": f(qs.stats.cagr(returns, periods=periods)),
+            "sharpe": f(qs.stats.sharpe(returns, periods=periods)),
+            "sortino": f(qs.stats.sortino(returns, periods=periods)),
+            "max_drawdown": f(qs.stats.max_drawdown(returns)),
+            "n_trades": int(n_trades),
+            "bars": int(bars),
+            "bars_per_s": f(bars / seconds) if seconds > 0 else float("nan"),
+            "periods_per_year": int(periods),
+            "days": int(len(returns)),
+        }

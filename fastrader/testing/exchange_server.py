@@ -282,6 +282,20 @@ class ExchangeServer:
     def _now(self) -> int:
         return self.now_ms if self.now_ms is not None else int(time.time() * 1000)
 
+    def _bar(self, ts, values, i, step, now):
+        """Candle i as (o, h, l, c, v, is_open), or None for an open candle the server hides.
+
+        A candle still trading gets a close that moves with every request.
+        """
+        o, h, low, c, v = values[i]
+        is_open = ts[i] + step > now
+        if is_open and not self.open_candle:
+            return None
+        if is_open:
+            c = round(c * (1 + self._rng.uniform(-0.01, 0.01)), 8)
+            h, low = max(h, c), min(low, c)
+        return o, h, low, c, v, is_open
+
     def _next_fault(self) -> str | None:
         with self._lock:
             if self._queued:
@@ -462,13 +476,10 @@ class ExchangeServer:
                 lo = max(lo, hi - limit)
                 rows = []
                 for i in range(hi - 1, lo - 1, -1):
-                    o, h, low, c, v = values[i]
-                    is_open = ts[i] + step > now
-                    if is_open and not server.open_candle:
+                    bar = server._bar(ts, values, i, step, now)
+                    if bar is None:
                         continue
-                    if is_open:
-                        c = round(c * (1 + server._rng.uniform(-0.01, 0.01)), 8)
-                        h, low = max(h, c), min(low, c)
+                    o, h, low, c, v, is_open = bar
                     rows.append(
                         [str(int(ts[i])), f"{o:.8f}", f"{h:.8f}", f"{low:.8f}", f"{c:.8f}", f"{v:.8f}",
                          f"{v * c:.8f}", f"{v * c:.8f}", "0" if is_open else "1"]
@@ -517,14 +528,10 @@ class ExchangeServer:
                 hi = min(hi, lo + limit)
                 rows = []
                 for i in range(lo, hi):
-                    o, h, low, c, v = values[i]
-                    is_open = ts[i] + step > now
-                    if is_open and not server.open_candle:
+                    bar = server._bar(ts, values, i, step, now)
+                    if bar is None:
                         continue
-                    if is_open:
-                        # Still trading: the close moves with every request.
-                        c = round(c * (1 + server._rng.uniform(-0.01, 0.01)), 8)
-                        h, low = max(h, c), min(low, c)
+                    o, h, low, c, v, _ = bar
                     rows.append(
                         [
                             int(ts[i]),
