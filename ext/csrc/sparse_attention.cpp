@@ -16,6 +16,16 @@ TORCH_LIBRARY(fastrader, m) {
       "sparse_attn_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "int window, int dilation, int sinks, float scale, Tensor? grad_lse=None) "
       "-> (Tensor, Tensor, Tensor)");
+  // One new query per sequence over a ring-buffer KV cache (bar-by-bar decode).
+  // q: (B, H, D); k_cache, v_cache: (B, H, sinks + window*dilation, D); pos: (B,) int64,
+  // the position of each query, whose own key is already in the cache. Slots
+  // [0, sinks) hold the keys of positions 0..sinks-1; key position j >= sinks lives
+  // in slot sinks + (j mod window*dilation). The query at pos sees exactly the keys
+  // of sparse_attn_fwd's row pos (a key that is both a sink and in the window counts
+  // once, from its sink slot). Returns the output (B, H, D).
+  m.def(
+      "sparse_attn_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor pos, int window, "
+      "int dilation, int sinks, float scale) -> Tensor");
 }
 
 // `import fastrader._C` only has to run the static registrations above.
