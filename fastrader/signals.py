@@ -75,8 +75,18 @@ class SignalModel:
         """One causal pass over all bars: a signal per bar (NaN during warm-up)."""
         return self._scores(self.features(df))
 
-    def stream(self) -> "SignalStream":
-        return SignalStream(self)
+    def stream(self, history: pd.DataFrame | None = None) -> "SignalStream":
+        """A bar-by-bar stream that has already consumed ``history`` (may be None or empty).
+
+        Its next ``update(o, h, l, c, v)`` returns exactly what :meth:`precompute`
+        over ``history`` followed by the new bars gives at that bar, so a live
+        or backtest loop can start trading at any bar without replaying the past
+        one bar at a time.
+        """
+        st = SignalStream(self)
+        if history is not None and len(history):
+            st.warm(history)
+        return st
 
 
 class SignalStream:
@@ -91,6 +101,17 @@ class SignalStream:
         self.sm = sm
         self.features = FeatureStream(sm.spec)
         self.rows: deque = deque(maxlen=sm.receptive_field)
+
+    def warm(self, history: pd.DataFrame) -> None:
+        """Consume bars in one batch: features advance over all of them, the model keeps the tail."""
+        cols = [np.ascontiguousarray(history[k].to_numpy(np.float64)) for k in ("open", "high", "low", "close", "volume")]
+        raw, flags, bad = self.features._eng.run(*cols, self.features._stop, True)
+        if bad >= 0:
+            from .features.validate import bad_bar_error
+
+            raise bad_bar_error(bad, int(flags[bad]), tuple(c[bad] for c in cols))
+        for row in self.sm.normalizer.transform(raw[-self.rows.maxlen :]):
+            self.rows.append(row)
 
     def update(self, o: float, h: float, l: float, c: float, v: float) -> float:  # noqa: E741
         raw = np.asarray(self.features.update(o, h, l, c, v), dtype=np.float64)

@@ -63,3 +63,15 @@ def test_stream_strategy_matches_precomputed_backtest(sm, bars):
     np.testing.assert_allclose(a.signals["signal"], b.signals["signal"], atol=1e-5, equal_nan=True)
     np.testing.assert_array_equal(a.signals["target"], b.signals["target"])
     np.testing.assert_allclose(a.equity["equity"], b.equity["equity"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("start", [0, 1, 150, 239, 700])
+def test_stream_from_history_equals_precompute(sm, bars, start):
+    """stream(history) continues exactly where precompute over history + new bars is."""
+    n = 760
+    full = sm.precompute(bars.iloc[:n])
+    st = sm.stream(bars.iloc[:start])
+    o, h, l, c, v = (bars[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
+    got = np.array([st.update(o[i], h[i], l[i], c[i], v[i]) for i in range(start, n)])
+    np.testing.assert_allclose(got, full[start:], atol=1e-5, equal_nan=True)
+    assert np.isfinite(got).sum() > 50
