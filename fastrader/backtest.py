@@ -86,6 +86,8 @@ def run_backtest(
     trades = _ms_columns(trades, {"open_dt": "open_time", "close_dt": "close_time"}, TRADE_COLUMNS)
     orders = pd.DataFrame(strat.analyzers.orders.get_analysis())
     orders = _ms_columns(orders, {"created_dt": "created_time", "final_dt": "final_time"}, ORDER_COLUMNS)
+    if len(orders):  # Backtrader numbers orders process-wide; number them per run, so runs compare
+        orders["ref"] = orders["ref"].rank(method="dense").astype(np.int64)
 
     rec = getattr(strat, "records", None) or []
     rec = np.array(rec, dtype=np.float64).reshape(-1, 3)

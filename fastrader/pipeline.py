@@ -332,7 +332,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     from .signals import SignalModel
 
     ckpt = load_checkpoint(cfg.model)
-    prep.model = SignalModel(ckpt, device=resolve_device(cfg.device), attention=cfg.attention)
+    prep.model = SignalModel(ckpt, device=resolve_device(cfg.device), attention=cfg.attention,
+                             on_bad="nan" if cfg.on_bad_bars == "nan" else "raise")
     prep.start, prep.in_sample_bars, n, w = backtest_start(cfg, df, ckpt.train)
     prep.notes += n
     prep.warnings += w

@@ -94,7 +94,8 @@ def _check_type(where: str, key: str, value):
         names = " or ".join("number" if t is float else {"str": "string", "int": "integer", "bool": "boolean",
                                                           "dict": "table"}[t.__name__] for t in want if t is not int
                             or float not in want)
-        raise ConfigError(f"{where}: option {key.replace('_', '-')!r} must be a {names}, got {value!r}")
+        article = "an" if names[0] in "aeiou" else "a"
+        raise ConfigError(f"{where}: option {key.replace('_', '-')!r} must be {article} {names}, got {value!r}")
     return float(value) if float in want and not isinstance(value, bool) else value
 
 

@@ -31,8 +31,9 @@ class SignalModel:
     #: bars per chunk of :meth:`precompute` (plus the receptive field of overlap)
     CHUNK = 1 << 16
 
-    def __init__(self, ckpt: Checkpoint, device: str = "cpu", attention: str = "auto"):
+    def __init__(self, ckpt: Checkpoint, device: str = "cpu", attention: str = "auto", on_bad: str = "raise"):
         self.ckpt = ckpt
+        self.on_bad = on_bad  # the feature engine's bad-bar policy: "raise", or "nan" (blank and restart warm-up)
         self.spec = FeatureSpec.from_dict(ckpt.features)
         self.normalizer = Normalizer.from_dict(ckpt.normalizer)
         self.scale = float(ckpt.signal.get("scale", 1.0))
@@ -54,7 +55,7 @@ class SignalModel:
 
     def features(self, df: pd.DataFrame) -> np.ndarray:
         """Normalised features; NaN rows (warm-up) stay NaN."""
-        return self.normalizer.transform(compute_features(self.spec, *_ohlcv(df)))
+        return self.normalizer.transform(compute_features(self.spec, *_ohlcv(df), on_bad=self.on_bad))
 
     def _scores(self, z: np.ndarray) -> np.ndarray:
         """Model scores for rows of normalised features; NaN where a row is not finite."""
@@ -82,7 +83,7 @@ class SignalModel:
         if n <= chunk:
             return self._scores(self.features(df))
         o, h, l, c, v = _ohlcv(df)  # noqa: E741
-        eng = FeatureStream(self.spec)
+        eng = FeatureStream(self.spec, on_bad=self.on_bad)
         out = np.empty(n)
         keep = self.receptive_field - 1
         tail = np.empty((0, len(self.spec.names)))
@@ -139,7 +140,7 @@ class SignalStream:
 
     def __init__(self, sm: SignalModel):
         self.sm = sm
-        self.features = FeatureStream(sm.spec)
+        self.features = FeatureStream(sm.spec, on_bad=sm.on_bad)
         self.model = sm.incremental_model()
         norm = sm.normalizer
         self._mean, self._std, self._clip = norm.mean, norm.std, norm.clip

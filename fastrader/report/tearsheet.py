@@ -47,4 +47,10 @@ def write_tearsheet(
             # numbers differ from metrics.json.
             match_dates=False,
         )
+    # The browser tab shows the run's own title (an IN-SAMPLE run must say so there too).
+    import html as _html
+    import re
+
+    text = path.read_text()
+    path.write_text(re.sub(r"<title>.*?</title>", f"<title>{_html.escape(title)}</title>", text, count=1, flags=re.S))
     return path
