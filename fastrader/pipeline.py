@@ -396,13 +396,12 @@ def new_run_dir(cfg: RunConfig) -> Path:
     return out
 
 
-def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
-    """Metrics and result files, then the tearsheet."""
-    from .report import compute_metrics, daily_returns, write_results, write_tearsheet
-    from .report.metrics import benchmark_returns, max_drawdown
+def run_metrics(prep: Prepared, result) -> tuple[pd.Series, dict]:
+    """Daily returns and the metrics of ``metrics.json``, without writing anything (sweeps use this)."""
+    from .report import compute_metrics, daily_returns
+    from .report.metrics import max_drawdown
 
     cfg = prep.cfg
-    traded = prep.traded
     returns = daily_returns(result.equity["timestamp"], result.equity["equity"], result.start_cash)
     metrics = compute_metrics(
         returns,
@@ -418,6 +417,17 @@ def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
     metrics["final_equity"] = float(result.equity["equity"].iloc[-1]) if len(result.equity) else float(cfg.cash)
     metrics["signal_bars_per_s"] = (float(len(prep.candles) / prep.signal_seconds)
                                     if prep.signal_seconds > 0 else float("nan"))  # NaN when streamed
+    return returns, metrics
+
+
+def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
+    """Metrics and result files, then the tearsheet."""
+    from .report import write_results, write_tearsheet
+    from .report.metrics import benchmark_returns
+
+    cfg = prep.cfg
+    traded = prep.traded
+    returns, metrics = run_metrics(prep, result)
     warns = list(prep.warnings)
     w = order_warning(result.order_counts)
     if w:
