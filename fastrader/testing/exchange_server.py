@@ -372,6 +372,9 @@ class ExchangeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as separate writes; without this, Nagle holds the
+            # body back until the client acknowledges the headers (a delayed ACK).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # keep test output clean
                 pass
