@@ -8,12 +8,13 @@ of bar position j lives in slot ``sinks + j mod (window * dilation)``. It also
 keeps the last ``conv_kernel - 1`` inputs of the causal convolution. So the
 work of a step is O(layers * window), whatever the length of the history.
 
-The dense parts (layer norms, projections, MLP) run in numpy float32 on
-weights copied out of the model once: for one row, numpy's per-call overhead
-is a fraction of torch's. The attention of the new query over the cache goes
-through ``fastrader::sparse_attn_decode`` (our extension; the ring semantics
-are the op's), reading the numpy caches in place through shared-memory
-tensors.
+A step is one call of ``fastrader::decode_step`` (our extension): the
+whole model for one row in C++, its attention the kernel of
+``fastrader::sparse_attn_decode`` (whose ring semantics these are), on
+weights packed once and caches updated in place. Per-op overhead of numpy or
+torch on 32- to 64-wide vectors would otherwise be most of the cost. Without
+that kernel the same step runs in numpy float32, attention through
+:func:`~fastrader.attention.ops.sparse_attention_decode`, sharing the caches.
 
 Positions: sink tokens are positions 0..sinks-1 and bar g (counted from the
 first bar the stream, or the batch pass it replaces, ever saw) is position
@@ -46,7 +47,7 @@ def _layer_norm(x, w, b):
 
 
 class _Layer:
-    def __init__(self, blk, n_heads: int, sinks: int):
+    def __init__(self, blk, n_heads: int, sinks: int, kv: np.ndarray):
         a = blk.attn
         self.ln1_w, self.ln1_b = _np(blk.ln1.weight), _np(blk.ln1.bias)
         self.qkv_wt, self.qkv_b = _np(a.qkv.weight).T.copy(), _np(a.qkv.bias)
@@ -61,11 +62,19 @@ class _Layer:
         self.C = C
         S = sinks + self.span
         # Caches and the query live in numpy; the tensors view the same memory.
-        self.k = np.zeros((1, self.H, S, self.D), np.float32)
-        self.v = np.zeros((1, self.H, S, self.D), np.float32)
+        # kv is this layer's part of the model's one flat cache: K then V.
+        self.k = kv[: self.H * S * self.D].reshape(1, self.H, S, self.D)
+        self.v = kv[self.H * S * self.D :].reshape(1, self.H, S, self.D)
         self.q = np.zeros((1, self.H, self.D), np.float32)
         self.k_t, self.v_t, self.q_t = torch.from_numpy(self.k), torch.from_numpy(self.v), torch.from_numpy(self.q)
         self.scale = 1.0 / math.sqrt(self.D)
+
+
+def _has_step_kernel() -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("fastrader::decode_step", "CPU")
+    except RuntimeError:  # the op is not even declared: an older build of the extension
+        return False
 
 
 class IncrementalModel:
@@ -82,7 +91,13 @@ class IncrementalModel:
         self.k = cfg.conv_kernel
         self.ln_f_w, self.ln_f_b = _np(model.ln_f.weight), _np(model.ln_f.bias)
         self.head_w, self.head_b = _np(model.head.weight)[0], float(_np(model.head.bias)[0])
-        self.layers = [_Layer(b, cfg.n_heads, cfg.sinks) for b in model.blocks]
+        D = cfg.d_model // cfg.n_heads
+        sizes = [2 * cfg.n_heads * (cfg.sinks + cfg.window * d) * D for d in cfg.dilations]
+        self.cache = np.zeros(sum(sizes), np.float32)  # every layer's K and V, one block
+        offs = np.cumsum([0] + sizes)
+        self.layers = [
+            _Layer(b, cfg.n_heads, cfg.sinks, self.cache[offs[i] : offs[i + 1]]) for i, b in enumerate(model.blocks)
+        ]
         self.pos_t = torch.zeros(1, dtype=torch.int64)
         self._pos = self.pos_t.numpy()
         # Use the compiled decode op directly after one full validation of the shapes.
@@ -90,12 +105,30 @@ class IncrementalModel:
         for L in self.layers:
             check_decode_inputs(L.q_t, L.k_t, L.v_t, self.pos_t, L.window, L.dilation, L.sinks, L.scale)
         self.conv_hist = np.zeros((self.k, cfg.d_model), np.float32)  # last k conv inputs, oldest first
+        self._fused = None
+        if _has_step_kernel():
+            self._params = torch.from_numpy(self._pack())
+            self._cache_t, self._conv_t = torch.from_numpy(self.cache), torch.from_numpy(self.conv_hist)
+            self._x = np.zeros(cfg.n_features, np.float32)
+            self._x_t = torch.from_numpy(self._x)
+            self._fused = torch.ops.fastrader.decode_step
+            self._dims = (cfg.n_features, cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.conv_kernel, cfg.sinks, cfg.window,
+                          list(cfg.dilations))
         from scipy.special import erf  # exact GELU needs erf as a ufunc; scipy comes with quantstats
 
         self._erf = erf
         self.bars = 0  # bars consumed: the next bar has position sinks + bars
         self._model = model
         self._fill_sinks()
+
+    def _pack(self) -> np.ndarray:
+        """The weights in the order (and (in, out) layout) of the decode_step kernel."""
+        parts = [self.inp_wt, self.inp_b, self.conv_w, self.conv_b]
+        for L in self.layers:
+            parts += [L.ln1_w, L.ln1_b, L.qkv_wt, L.qkv_b, L.proj_wt, L.proj_b, L.ln2_w, L.ln2_b,
+                      L.fc1_wt, L.fc1_b, L.fc2_wt, L.fc2_b]
+        parts += [self.ln_f_w, self.ln_f_b, self.head_w, np.array([self.head_b], np.float32)]
+        return np.concatenate([np.asarray(p, np.float32).ravel() for p in parts])
 
     # ---- state ---------------------------------------------------------------------------
     def _fill_sinks(self):
@@ -146,6 +179,15 @@ class IncrementalModel:
     # ---- one bar -------------------------------------------------------------------------
     def step(self, x: np.ndarray) -> float:
         """Score of the next bar from its normalised (finite) feature row x, float32."""
+        if self._fused is not None:  # the whole step in one call of our extension
+            self._x[:] = x
+            out = self._fused(self._x_t, self._params, self._cache_t, self._conv_t, self.sinks + self.bars, *self._dims)
+            self.bars += 1
+            return out
+        return self._step_numpy(x)
+
+    def _step_numpy(self, x: np.ndarray) -> float:
+        """The same step in numpy, attention through sparse_attention_decode (when decode_step is not built)."""
         h = x @ self.inp_wt + self.inp_b
         ch = self.conv_hist
         ch[:-1] = ch[1:]

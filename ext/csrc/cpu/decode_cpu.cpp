@@ -16,6 +16,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "check.h"
@@ -81,7 +83,29 @@ void decode_head_vec(const float* q, const float* K, const float* V, float* out,
   Vf qv[16];  // head_dim <= 128
   for (int64_t c = 0; c < nv; ++c) qv[c] = vload(q + 8 * c) * vsplat(scale2);
   float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i0 = 0;
+#if defined(__AVX2__)
+  // Eight keys at a time: eight dot-product vectors reduced together by a
+  // hadd tree (one vector of eight scores) instead of eight horizontal sums.
+  __m256 mxv = _mm256_set1_ps(mx);
+  for (; i0 + 8 <= n; i0 += 8) {
+    __m256 p[8];
+    for (int j = 0; j < 8; ++j) {
+      const float* k = K + slots[i0 + j] * D;
+      Vf acc = qv[0] * vload(k);
+      for (int64_t c = 1; c < nv; ++c) acc += qv[c] * vload(k + 8 * c);
+      p[j] = (__m256)acc;
+    }
+    const __m256 t0 = _mm256_hadd_ps(p[0], p[1]), t1 = _mm256_hadd_ps(p[2], p[3]);
+    const __m256 t2 = _mm256_hadd_ps(p[4], p[5]), t3 = _mm256_hadd_ps(p[6], p[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    const __m256 s8 = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(sc + i0, s8);
+    mxv = _mm256_max_ps(mxv, s8);
+  }
+  mx = hmax<float>((Vf)mxv);
+#endif
+  for (int64_t i = i0; i < n; ++i) {
     const float* k = K + slots[i] * D;
     Vf acc = qv[0] * vload(k);
     for (int64_t c = 1; c < nv; ++c) acc += qv[c] * vload(k + 8 * c);
@@ -178,9 +202,131 @@ at::Tensor sparse_attn_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache
   return out.to(q.scalar_type());
 }
 
+
+// ---- decode_step: one whole model step for one sequence ---------------------------------
+//
+// For bar-by-bar streaming of fastrader.model.CausalTransformer one Python call
+// per bar has to do everything: the per-op overhead of numpy or torch on
+// 64-wide vectors is far larger than the arithmetic. `params` is the model's
+// weights flattened in the order fastrader/model/decode.py packs them
+// (matrices transposed to (in, out) so every product is a run of contiguous
+// axpys, which GCC vectorises without reassociating sums). `cache` holds, per
+// layer, K then V of shape (heads, sinks + window*dilation, head_dim) with
+// the ring layout of sparse_attn_decode; `conv` the last conv_kernel inputs
+// of the causal convolution, oldest first. Both are updated in place.
+
+// y[0:out] = b + x[0:in] @ Wt, Wt (in, out) row-major.
+inline void affine(const float* x, int64_t in, const float* Wt, const float* b, int64_t out, float* y) {
+  for (int64_t o = 0; o < out; ++o) y[o] = b[o];
+  for (int64_t i = 0; i < in; ++i) {
+    const float xi = x[i];
+    const float* w = Wt + i * out;
+    for (int64_t o = 0; o < out; ++o) y[o] += xi * w[o];
+  }
+}
+
+inline void layer_norm(const float* x, int64_t C, const float* w, const float* b, float* y) {
+  float mu = 0;
+  for (int64_t c = 0; c < C; ++c) mu += x[c];
+  mu /= float(C);
+  float var = 0;
+  for (int64_t c = 0; c < C; ++c) var += (x[c] - mu) * (x[c] - mu);
+  const float r = 1.0f / std::sqrt(var / float(C) + 1e-5f);
+  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - mu) * r * w[c] + b[c];
+}
+
+double decode_step_cpu(const at::Tensor& x, const at::Tensor& params, const at::Tensor& cache, const at::Tensor& conv, int64_t pos,
+                       int64_t n_features, int64_t d_model, int64_t n_heads, int64_t d_ff, int64_t conv_kernel,
+                       int64_t sinks, int64_t window, at::IntArrayRef dilations) {
+  const int64_t F = n_features, C = d_model, H = n_heads, k = conv_kernel, L = (int64_t)dilations.size();
+  FR_CHECK(C % H == 0 && C > 0 && F > 0 && d_ff > 0 && k >= 1 && L >= 1 && window >= 1 && sinks >= 0 && pos >= sinks,
+           "decode_step: bad model dimensions");
+  const int64_t D = C / H;
+  for (const at::Tensor* t : {&x, &params, &cache, &conv})
+    FR_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
+             "decode_step: tensors must be contiguous float32 on the CPU");
+  const int64_t per_layer = 4 * C + 3 * C * C + 3 * C + C * C + C + C * d_ff + d_ff + d_ff * C + C;
+  const int64_t n_params = F * C + C + k * C + C + L * per_layer + 2 * C + C + 1;
+  FR_CHECK(params.numel() == n_params, "decode_step: params has the wrong size for these dimensions");
+  FR_CHECK(x.numel() == F && conv.numel() == k * C, "decode_step: x or conv has the wrong size");
+  int64_t n_cache = 0;
+  for (int64_t l = 0; l < L; ++l) n_cache += 2 * H * (sinks + window * dilations[l]) * D;
+  FR_CHECK(cache.numel() == n_cache, "decode_step: cache has the wrong size for these dimensions");
+
+  const float* P = params.const_data_ptr<float>();
+  float* K = cache.mutable_data_ptr<float>();
+  float* hist = conv.mutable_data_ptr<float>();
+  auto take = [&](int64_t n) { const float* p = P; P += n; return p; };
+  std::vector<float> buf(6 * C + 3 * C + d_ff + (sinks + window) * 3);
+  float* h = buf.data();
+  float* a = h + C;
+  float* y = a + C;
+  float* att = y + C;
+  float* qkv = att + C;
+  float* u = qkv + 3 * C;
+  float* sc = u + d_ff;
+  std::vector<int64_t> slots(sinks + window);
+
+  // input projection, then the causal depthwise conv over the last k projections
+  const float *inp_w = take(F * C), *inp_b = take(C), *conv_w = take(k * C), *conv_b = take(C);
+  affine(x.const_data_ptr<float>(), F, inp_w, inp_b, C, h);
+  std::memmove(hist, hist + C, sizeof(float) * (k - 1) * C);
+  std::memcpy(hist + (k - 1) * C, h, sizeof(float) * C);
+  for (int64_t c = 0; c < C; ++c) {
+    float s = conv_b[c];
+    for (int64_t i = 0; i < k; ++i) s += conv_w[i * C + c] * hist[i * C + c];
+    h[c] += s;
+  }
+
+  const float scale2 = float((1.0 / std::sqrt(double(D))) * kLog2e);
+  for (int64_t l = 0; l < L; ++l) {
+    const float *ln1_w = take(C), *ln1_b = take(C), *qkv_w = take(3 * C * C), *qkv_b = take(3 * C);
+    const float *proj_w = take(C * C), *proj_b = take(C), *ln2_w = take(C), *ln2_b = take(C);
+    const float *fc1_w = take(C * d_ff), *fc1_b = take(d_ff), *fc2_w = take(d_ff * C), *fc2_b = take(C);
+    const int64_t dil = dilations[l], span = window * dil, S = sinks + span;
+    float* Kl = K;
+    float* Vl = K + H * S * D;
+    K += 2 * H * S * D;
+
+    layer_norm(h, C, ln1_w, ln1_b, a);
+    affine(a, C, qkv_w, qkv_b, 3 * C, qkv);
+    const int64_t slot = sinks + pos % span;
+    for (int64_t hd = 0; hd < H; ++hd) {
+      std::memcpy(Kl + (hd * S + slot) * D, qkv + C + hd * D, sizeof(float) * D);
+      std::memcpy(Vl + (hd * S + slot) * D, qkv + 2 * C + hd * D, sizeof(float) * D);
+    }
+    const int64_t n = gather_slots(pos, window, dil, sinks, span, slots.data());
+    for (int64_t hd = 0; hd < H; ++hd)
+      decode_head(qkv + hd * D, Kl + hd * S * D, Vl + hd * S * D, att + hd * D, slots.data(), n, D, scale2, sc);
+    affine(att, C, proj_w, proj_b, C, y);
+    for (int64_t c = 0; c < C; ++c) h[c] += y[c];
+
+    layer_norm(h, C, ln2_w, ln2_b, a);
+    affine(a, C, fc1_w, fc1_b, d_ff, u);
+    for (int64_t i = 0; i < d_ff; ++i) u[i] = 0.5f * u[i] * (1.0f + std::erf(u[i] * 0.70710678118654752f));
+    affine(u, d_ff, fc2_w, fc2_b, C, y);
+    for (int64_t c = 0; c < C; ++c) h[c] += y[c];
+  }
+  const float *lnf_w = take(C), *lnf_b = take(C), *head_w = take(C), *head_b = take(1);
+  layer_norm(h, C, lnf_w, lnf_b, a);
+  float out = head_b[0];
+  for (int64_t c = 0; c < C; ++c) out += a[c] * head_w[c];
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastrader, CPU, m) { m.impl("sparse_attn_decode", &sparse_attn_decode_cpu); }
+TORCH_LIBRARY_FRAGMENT(fastrader, m) {
+  // One bar of CausalTransformer inference with KV caches; see decode_step_cpu.
+  m.def(
+      "decode_step(Tensor x, Tensor params, Tensor(a!) cache, Tensor(b!) conv, int pos, int n_features, "
+      "int d_model, int n_heads, int d_ff, int conv_kernel, int sinks, int window, int[] dilations) -> float");
+}
+
+TORCH_LIBRARY_IMPL(fastrader, CPU, m) {
+  m.impl("sparse_attn_decode", &sparse_attn_decode_cpu);
+  m.impl("decode_step", &decode_step_cpu);
+}
 
 }  // namespace cpu
 }  // namespace fastrader
