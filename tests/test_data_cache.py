@@ -117,23 +117,20 @@ def test_bad_cache_file_is_reported_and_not_trusted(tmp_path, history, damage, r
     cache = tmp_path / "c"
     with ExchangeServer(history) as server:
         key = _key(server)
-        _fetch(server, cache, int(ts[0]), int(ts[1500]))
         store = ParquetStore(cache)
-        if where == "base":
-            store.compact(store.read(key))  # everything in base.parquet, no segment left
-            assert store.segment_paths(key) == [] and store.base_path(key).exists()
-            target = store.base_path(key)
-        else:
-            target = store.segment_paths(key)[0]  # the two pages are two segments
-        damage(target)
+        _fetch(server, cache, int(ts[0]), int(ts[1500]))
+        assert store.segment_paths(key) == [] and store.base_path(key).exists()  # compacted after the download
+        _fetch(server, cache, int(ts[0]), int(ts[2500]))
+        assert len(store.segment_paths(key)) == 1  # 1000 new candles, fewer than the base holds: a segment
+        damage(store.base_path(key) if where == "base" else store.segment_paths(key)[0])
         with pytest.raises(CacheError, match=reason):
             store.read(key)
         messages: list[str] = []
-        result = _fetch(server, cache, int(ts[0]), int(ts[1500]), log=messages.append)
+        result = _fetch(server, cache, int(ts[0]), int(ts[2500]), log=messages.append)
         reference = server.candles()
     assert len(messages) == 1 and reason in messages[0] and "downloading again" in messages[0]
-    assert result.stats.pages == 2  # downloaded again, not read from the bad file
-    np.testing.assert_array_equal(result.candles.to_numpy(), reference.iloc[:1500].to_numpy())
+    assert result.stats.pages == 3  # downloaded again, not read from the bad entry
+    np.testing.assert_array_equal(result.candles.to_numpy(), reference.iloc[:2500].to_numpy())
     assert store.read(key) is not None
     assert list(store.path(key).parent.glob("*.corrupt*")), "the bad entry is kept aside for inspection"
 

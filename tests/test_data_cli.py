@@ -92,10 +92,10 @@ def test_several_symbols_then_info(tmp_path, market, capsys):
     namespace = cache_key("binance", "BTC/USDT", "1h", url).namespace()
     assert f"namespace {namespace}: candles fetched via --api-url {url}" in info and "(default)" not in info
     # A damaged file is listed as bad and makes info exit non-zero.
-    path = store.segment_paths(cache_key("binance", "ETH/USDT", "1h", url))[0]
+    path = store.base_path(cache_key("binance", "ETH/USDT", "1h", url))
     path.write_bytes(path.read_bytes()[:500])
     assert main(["info", "--cache-dir", str(cache)]) != 0
-    assert "BAD  cache segment" in capsys.readouterr().out
+    assert "BAD  cache file" in capsys.readouterr().out
 
 
 def test_export_writes_a_csv_that_loads_back_identically(tmp_path, market, capsys):

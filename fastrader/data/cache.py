@@ -18,15 +18,21 @@ not a hole to fetch again), a row count and SHA-256 of the candle values, and
 
 A downloaded page is one segment: a small self-describing binary file (a
 header with the key, sequence number, rows, the range the page proves and the
-SHA-256 of the values, then the columns), written to a temporary name, fsynced
-and renamed into place. That rename is the page's commit point, so writing a
-page costs O(page), and a process killed at any moment loses at most the page
-it was writing: a half-written segment never carries a segment's name.
-Segments are folded into the base when they hold as many candles as the base
-(or there are too many of them): the base is rewritten (temp file, fsync,
-rename, directory fsync), then the folded segments are deleted; a segment at
-or below ``through`` left by a compaction that was killed is ignored. Each
-candle is so rewritten O(1) times on average.
+SHA-256 of the values, then the columns), written to a temporary name and
+renamed into place. That rename is the page's commit point, so writing a page
+costs O(page), and a process killed at any moment loses at most the page it
+was writing: a half-written segment never carries a segment's name. A helper
+thread then fsyncs each segment (and the directory), off the download's
+path; after a power cut only the newest segments can be short, and a short
+segment at the end of the sequence is read as never written (its range was
+not marked complete either, so it is fetched again). A short segment with
+later ones after it, or any checksum mismatch, is damage and reported.
+At the end of a download the segments are folded into the base when they
+hold as many candles as it (or there are more than ``max_segments``): the base
+is rewritten (temp file, fsync, rename, directory fsync), then the folded
+segments are deleted; a segment at or below ``through`` left by a compaction
+that was killed is ignored. Each candle is so rewritten O(1) times on
+average, and a page costs the same at the end of a year as at its start.
 
 Anything that cannot be read, lacks the metadata, belongs to another key or
 source, or does not match its checksum is reported as corrupt or foreign and
@@ -39,6 +45,7 @@ uses; :class:`ParquetStore` is the default implementation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -98,16 +105,21 @@ class CacheKey:
 
     def namespace(self) -> str:
         """'' for the exchange's own candles, else '_api/<host>-<port>-<hash of the URL>'."""
-        if not self.source:
-            return ""
-        parsed = urlparse(self.source)
-        readable = re.sub(r"[^A-Za-z0-9.-]", "_", f"{parsed.hostname}-{parsed.port or parsed.scheme}")
-        digest = hashlib.sha256(self.source.encode()).hexdigest()[:12]
-        return f"{_NAMESPACES}/{readable}-{digest}"
+        return _namespace(self.source)
 
     def __str__(self) -> str:
         text = f"{self.exchange} {self.symbol} {self.timeframe}"
         return f"{text} via {self.source}" if self.source else text
+
+
+@functools.lru_cache(maxsize=64)
+def _namespace(source: str) -> str:
+    if not source:
+        return ""
+    parsed = urlparse(source)
+    readable = re.sub(r"[^A-Za-z0-9.-]", "_", f"{parsed.hostname}-{parsed.port or parsed.scheme}")
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return f"{_NAMESPACES}/{readable}-{digest}"
 
 
 def cache_key(exchange: str, symbol: str, timeframe: str, api_url: str | None = None) -> CacheKey:
@@ -115,20 +127,48 @@ def cache_key(exchange: str, symbol: str, timeframe: str, api_url: str | None = 
     return CacheKey(exchange, symbol, timeframe, normalise_api_url(api_url) if api_url else "")
 
 
-def _merge_parts(parts: list[pd.DataFrame]) -> pd.DataFrame:
+# A part is the candle columns as arrays ({'timestamp': int64, 'open': float64, ...}): pages
+# stay arrays until the whole entry is wanted, so adding one costs no DataFrame.
+Part = dict
+
+
+def as_part(candles) -> Part:
+    """Columns of a candle frame, or of a float array (n, 6) in the ccxt column order."""
+    if isinstance(candles, pd.DataFrame):
+        part = {c: candles[c].to_numpy(dtype=np.int64 if c == "timestamp" else np.float64) for c in COLUMNS}
+    else:
+        rows = np.asarray(candles, dtype=np.float64).reshape(-1, len(COLUMNS))
+        part = {c: rows[:, i] for i, c in enumerate(COLUMNS)}
+        part["timestamp"] = part["timestamp"].astype(np.int64)
+    ts = part["timestamp"]
+    if len(ts) > 1 and not (ts[1:] > ts[:-1]).all():
+        # Sorted, one row per timestamp, the last version of a repeated one.
+        order = np.argsort(ts, kind="stable")
+        ts_sorted = ts[order]
+        last = order[np.r_[ts_sorted[1:] != ts_sorted[:-1], True]]
+        part = {c: v[last] for c, v in part.items()}
+    return part
+
+
+def _part_rows(part: Part) -> int:
+    return len(part["timestamp"])
+
+
+def _merge_parts(parts: list[Part]) -> pd.DataFrame:
     """One ascending, unique frame from parts in write order (a later part's candle wins)."""
-    parts = [p for p in parts if len(p)]
+    parts = [p for p in parts if _part_rows(p)]
     if not parts:
         return empty_candles()
-    if len(parts) == 1:
-        return parts[0].reset_index(drop=True)
-    ts = [p["timestamp"].to_numpy() for p in parts]
-    if all(t[0] > prev[-1] for prev, t in zip(ts, ts[1:])):
-        # Parts in time order that do not overlap (the usual download): plain concatenation.
-        return pd.DataFrame({c: np.concatenate([p[c].to_numpy() for p in parts]) for c in COLUMNS})
-    merged = pd.concat(parts, ignore_index=True)
-    merged = merged.drop_duplicates("timestamp", keep="last").sort_values("timestamp", kind="stable")
-    return merged.reset_index(drop=True)
+    ts = [p["timestamp"] for p in parts]
+    columns = {c: np.concatenate([p[c] for p in parts]) if len(parts) > 1 else np.array(parts[0][c]) for c in COLUMNS}
+    if any(t[0] <= prev[-1] for prev, t in zip(ts, ts[1:])):
+        # Parts that overlap (a hole filled later, a range fetched again): the later version wins.
+        all_ts = columns["timestamp"]
+        order = np.argsort(all_ts, kind="stable")
+        sorted_ts = all_ts[order]
+        keep = order[np.r_[sorted_ts[1:] != sorted_ts[:-1], True]]
+        columns = {c: v[keep] for c, v in columns.items()}
+    return pd.DataFrame(columns, columns=list(COLUMNS))
 
 
 class CacheEntry:
@@ -137,33 +177,34 @@ class CacheEntry:
     def __init__(self, key: CacheKey, candles: pd.DataFrame | None = None, covered: list[Interval] | None = None):
         self.key = key
         self.covered: list[Interval] = merge_intervals(covered or [])
-        self.parts: list[pd.DataFrame] = [] if candles is None or not len(candles) else [candles]
+        self.parts: list[Part] = [] if candles is None or not len(candles) else [as_part(candles)]
         # Store bookkeeping: rows in the base, the last segment folded into it, live segments and their rows.
         self.base_rows = self.through = self.segment_rows = 0
         self.segments: list[int] = []
         self._merged: pd.DataFrame | None = None
 
     def __repr__(self) -> str:
-        return f"CacheEntry({self.key}, {sum(len(p) for p in self.parts)} rows in {len(self.parts)} parts, covered={self.covered})"
+        rows = sum(_part_rows(p) for p in self.parts)
+        return f"CacheEntry({self.key}, {rows} rows in {len(self.parts)} parts, covered={self.covered})"
 
     @property
     def candles(self) -> pd.DataFrame:
         """All candles, ascending and unique (merged once per change, not per page)."""
         if self._merged is None:
             self._merged = _merge_parts(self.parts)
-            self.parts = [self._merged] if len(self._merged) else []
+            self.parts = [as_part(self._merged)] if len(self._merged) else []
         return self._merged
 
-    def add(self, candles: pd.DataFrame, covered: Interval | None) -> None:
-        """Add new candles (newer versions win) and extend the known-complete ranges."""
+    def add(self, candles, covered: Interval | None) -> Part | None:
+        """Add new candles (a frame or a float array (n, 6); newer versions win) and extend the complete ranges."""
+        part = None
         if len(candles):
-            ts = candles["timestamp"].to_numpy()
-            if len(ts) > 1 and not (np.diff(ts) > 0).all():
-                candles = candles.drop_duplicates("timestamp", keep="last").sort_values("timestamp", kind="stable")
-            self.parts.append(candles.reset_index(drop=True))
+            part = as_part(candles)
+            self.parts.append(part)
             self._merged = None
         if covered is not None and covered[1] > covered[0]:
             self.covered = merge_intervals(self.covered + [covered])
+        return part
 
     def slice(self, since: int, until: int) -> pd.DataFrame:
         candles = self.candles
@@ -218,6 +259,9 @@ class CandleStore(Protocol):
     def flush(self, entry: CacheEntry) -> None:
         """Make the pages appended so far durable across a power cut."""
 
+    def compact_if_due(self, entry: CacheEntry) -> bool:
+        """Fold segments into the base when the policy says so (after a download)."""
+
     def lock(self, key: CacheKey) -> contextlib.AbstractContextManager:
         """Exclusive access to one key across processes."""
 
@@ -257,6 +301,7 @@ class ParquetStore:
         self.max_segments = max_segments
         self.durable = durable
         self._sync: _Syncer | None = None
+        self._made: set[Path] = set()  # directories this store created (or found), so a page costs no mkdir
 
     def path(self, key: CacheKey) -> Path:
         """The key's directory."""
@@ -297,14 +342,14 @@ class ParquetStore:
             return None
         key = None
         covered: list[Interval] = []
-        parts: list[pd.DataFrame] = []
+        parts: list[Part] = []
         through = base_rows = 0
         base = directory / _BASE
         if base.exists():
             base_frame, meta = self.read_file(base)
             key, through, base_rows = _meta_key(meta), int(meta.get("through", 0)), len(base_frame)
             covered += [(int(s), int(e)) for s, e in meta["covered"]]
-            parts.append(base_frame)
+            parts.append(as_part(base_frame))
         seqs, seg_rows = [], 0
         torn: Path | None = None
         for seq, path in _segments(directory):
@@ -330,7 +375,7 @@ class ParquetStore:
             covered += [(int(s), int(e)) for s, e in header["covered"]]
             parts.append(frame)
             seqs.append(seq)
-            seg_rows += len(frame)
+            seg_rows += _part_rows(frame)
         if key is None:
             return None
         entry = CacheEntry(key, covered=covered)
@@ -340,7 +385,7 @@ class ParquetStore:
             entry._merged = validate_candles(_merge_parts(parts), source=str(directory))
         except DataError as exc:
             raise CacheError(f"cache entry {directory} is corrupt ({exc})") from None
-        entry.parts = [entry._merged] if len(entry._merged) else []
+        entry.parts = [as_part(entry._merged)] if len(entry._merged) else []
         return entry
 
     def read_file(self, path: Path) -> tuple[pd.DataFrame, dict]:
@@ -376,19 +421,19 @@ class ParquetStore:
 
     def append(self, entry: CacheEntry, candles: pd.DataFrame, covered: Interval | None) -> None:
         """Add one page and commit it as a segment; compact when the segments have grown."""
-        entry.add(candles, covered)
-        if not len(candles) and (covered is None or covered[1] <= covered[0]):
+        part = entry.add(candles, covered)
+        if part is None and (covered is None or covered[1] <= covered[0]):
             return
+        part = part if part is not None else as_part(empty_candles())
         seq = max([entry.through, *entry.segments]) + 1
-        frame = entry.parts[-1] if len(candles) else empty_candles()
         self._mkdir(entry.key)
         header = {
             **_key_meta(entry.key),
             "seq": seq,
-            "rows": int(len(frame)),
+            "rows": _part_rows(part),
             "covered": [list(covered)] if covered is not None and covered[1] > covered[0] else [],
         }
-        payload = _columns_bytes(frame)
+        payload = _columns_bytes(part)
         header["sha256"] = hashlib.sha256(payload).hexdigest()
         head = json.dumps(header, separators=(",", ":")).encode()
         path = self.segment_path(entry.key, seq)
@@ -398,9 +443,20 @@ class ParquetStore:
         if self.durable:
             self._syncer().submit(path)
         entry.segments.append(seq)
-        entry.segment_rows += len(frame)
-        if len(entry.segments) > self.max_segments or entry.segment_rows >= max(entry.base_rows, _MIN_BASE_ROWS):
+        entry.segment_rows += _part_rows(part)
+
+    def compact_if_due(self, entry: CacheEntry) -> bool:
+        """Fold the segments into the base when they hold as many candles as it, or are too many.
+
+        Called once at the end of a download, never per page: a download of n
+        candles then costs one rewrite of the entry, and small updates to a
+        large entry cost none until they add up to it.
+        """
+        if entry.segments and (len(entry.segments) > self.max_segments or entry.segment_rows >= entry.base_rows):
             self.write(entry)
+            return True
+        self._drain()
+        return False
 
     def write(self, entry: CacheEntry) -> None:
         """Fold everything into a new base (the compaction), then drop the folded segments."""
@@ -447,10 +503,13 @@ class ParquetStore:
 
     def _mkdir(self, key: CacheKey) -> Path:
         directory = self.path(key)
+        if directory in self._made:
+            return directory
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CacheError(f"cannot create cache directory {directory}: {_short(exc)}") from None
+        self._made.add(directory)
         return directory
 
     def _atomic_write(self, path: Path, chunks: list[bytes], *, sync_dir: bool, sync: bool = True) -> None:
@@ -502,6 +561,8 @@ class ParquetStore:
             fh.close()
 
     def quarantine(self, key: CacheKey) -> Path | None:
+        self._drain()
+        self._made.discard(self.path(key))
         moved = None
         for path in (self.legacy_path(key), self.path(key)):
             if not path.exists():
@@ -598,10 +659,6 @@ class _Syncer:
                 self._queue.task_done()
 
 
-# Below this many candles the base is rewritten as soon as segments hold as many.
-_MIN_BASE_ROWS = 10_000
-
-
 def _key_meta(key: CacheKey) -> dict:
     return {
         "format": FORMAT,
@@ -628,19 +685,16 @@ def _segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _columns_bytes(frame: pd.DataFrame) -> bytes:
+def _columns_bytes(part: Part) -> bytes:
     # Column after column, in the canonical dtypes: the bytes candles_digest hashes.
-    return b"".join(
-        np.ascontiguousarray(frame[c].to_numpy(dtype=np.int64 if c == "timestamp" else np.float64)).tobytes()
-        for c in COLUMNS
-    )
+    return b"".join(np.ascontiguousarray(part[c]).tobytes() for c in COLUMNS)
 
 
 class _TornSegment(Exception):
     """A segment shorter than its header says (or than a header)."""
 
 
-def _read_segment(path: Path) -> tuple[pd.DataFrame, dict]:
+def _read_segment(path: Path) -> tuple[Part, dict]:
     """One segment file, checked: magic, header, key fields, length and SHA-256."""
     try:
         data = path.read_bytes()
@@ -668,11 +722,11 @@ def _read_segment(path: Path) -> tuple[pd.DataFrame, dict]:
         raise CacheError(f"cache segment {path} is corrupt ({len(payload)} bytes for {rows} candles)")
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise CacheError(f"cache segment {path} is corrupt (checksum does not match its header)")
-    columns = {}
+    part = {}
     for i, name in enumerate(COLUMNS):
         chunk = payload[i * rows * 8 : (i + 1) * rows * 8]
-        columns[name] = np.frombuffer(chunk, dtype=np.int64 if name == "timestamp" else np.float64).copy()
-    return pd.DataFrame(columns, columns=list(COLUMNS)), header
+        part[name] = np.frombuffer(chunk, dtype=np.int64 if name == "timestamp" else np.float64)
+    return part, header
 
 
 def _fsync_dir(directory: Path) -> None:

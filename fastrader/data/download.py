@@ -46,7 +46,8 @@ _WINDOW_PAGES = {"okx"}
 _EMPTY_ASKS = 2
 
 # (new candles, the [start, end) range they prove complete or None)
-PageCallback = Callable[[pd.DataFrame, "tuple[int, int] | None"], None]
+# (new candles as a float array (n, 6) in the ccxt column order, the [start, end) range they prove complete or None)
+PageCallback = Callable[[np.ndarray, "tuple[int, int] | None"], None]
 
 
 @dataclass
@@ -158,7 +159,7 @@ def download_candles(
         if interval is not None:
             covered.append(interval)
         if on_page is not None:
-            on_page(_frame(page), interval)
+            on_page(page, interval)
 
     pages: list[np.ndarray] = []
     covered: list[tuple[int, int]] = []

@@ -134,6 +134,7 @@ def fetch_history(
                             f"[{format_ms(a)} .. {format_ms(b)}), which stays missing, not complete (rerun to retry)"
                         )
                         log(f"warning: {warnings[-1]}")
+                store.compact_if_due(entry)
             finally:
                 store.flush(entry)
                 if bar is not None:
