@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, FastraderError
+from .errors import FastraderError
 
 EPILOG = """examples:
   python -m fastrader.check                                    # default strategy on the sample data
@@ -78,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg, opts = parse(argv)
-        if not opts.model_atol >= 0:
-            raise ConfigError(f"--model-atol must be >= 0, got {opts.model_atol!r}")
         prep = prepare(cfg)
         for note in prep.notes:
             print(note)
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{report.seconds:.1f} s ({report.jobs} process{'es' if report.jobs > 1 else ''})")
     if report.cuts:
         print(table(report))
-    print(verdict(report))
+    print(verdict(report), file=sys.stderr if report.status == "failed" else sys.stdout)
     if opts.json:
         out = {"strategy": cfg.strategy, "source": prep.source, "verdict": verdict(report), **report.to_dict()}
         try:

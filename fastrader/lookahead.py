@@ -55,6 +55,7 @@ cuts give more chances to catch a rare one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
@@ -67,24 +68,27 @@ import pandas as pd
 
 from .errors import ConfigError, DataError
 
-CLEAN, LOOKAHEAD, NONDETERMINISTIC = "clean", "lookahead", "nondeterministic"
-EXIT_CODES = {CLEAN: 0, LOOKAHEAD: 1, NONDETERMINISTIC: 3}
+CLEAN, LOOKAHEAD, FAILED, NONDETERMINISTIC = "clean", "lookahead", "failed", "nondeterministic"
+EXIT_CODES = {CLEAN: 0, LOOKAHEAD: 1, FAILED: 2, NONDETERMINISTIC: 3}
 MIN_BARS = 2  # a truncated feed needs two candles to know its timeframe
 
-# What is compared, in the order used to break ties on one bar:
-# (name, BacktestResult attribute, columns, time of the row's decision, time that settles the row)
+# What is compared, in the order used to break ties on one bar: (name, BacktestResult attribute,
+# time of a row's decision, time that settles the row). Every column is compared but Backtrader's
+# order ``ref``, a counter that is not part of any decision.
 _STREAMS = (
-    ("signals", "signals", ("timestamp", "signal", "target"), "timestamp", "timestamp"),
-    ("orders", "orders", ("created_time", "final_time", "side", "size", "status", "filled_size", "price",
-                          "commission"), "created_time", "final_time"),
-    ("equity", "equity", ("timestamp", "position", "equity"), "timestamp", "timestamp"),
-    ("trades", "trades", ("open_time", "close_time", "direction", "size", "max_size", "entry_price", "exit_price",
-                          "bars_held", "pnl", "pnl_net", "commission"), "open_time", "close_time"),
-    ("liquidations", "liquidations", ("time", "size", "price", "shortfall"), "time", "time"),
+    ("signals", "signals", "timestamp", "timestamp"),
+    ("orders", "orders", "created_time", "final_time"),
+    ("equity", "equity", "timestamp", "timestamp"),
+    ("holdings", "holdings", "timestamp", "timestamp"),
+    ("trades", "trades", "close_time", "close_time"),
+    ("liquidations", "liquidations", "time", "time"),
 )
+_SKIP = {"ref"}
 _LABELS = {("signals", "timestamp"): "bar time of the strategy's record", ("equity", "timestamp"): "bar time of the equity record",
            ("signals", "signal"): "signal", ("signals", "target"): "target", ("equity", "position"): "position",
-           ("equity", "equity"): "equity"}
+           ("equity", "equity"): "equity", ("equity", "cash"): "cash"}
+_ROW = {"signals": "a bar record", "orders": "an order", "equity": "an equity row", "holdings": "a holdings row",
+        "trades": "a trade", "liquidations": "a liquidation"}
 
 
 @dataclass
@@ -108,15 +112,16 @@ class CutResult:
     last_ms: int  # time of its last bar (cut - 1)
     bars: int  # traded bars compared
     orders: int  # orders compared
-    result: str = "same"  # same | differs | raised
-    difference: Difference | None = None
+    result: str = "same"  # same | differs | raised | raised like the full run | not compared
+    difference: Difference | None = None  # the first difference that proves lookahead
     error: str | None = None  # the exception a truncated run raised
     model_difference: Difference | None = None  # recompute_signals: first signal beyond model_atol
     seconds: float = float("nan")
+    reference: int | None = None  # end of the longer run compared with, when not the full run (it raised)
 
     @property
     def clean(self) -> bool:
-        return self.result == "same" and self.model_difference is None
+        return self.difference is None and self.model_difference is None
 
     @property
     def first(self) -> Difference | None:
@@ -128,16 +133,18 @@ class CutResult:
                 "orders_compared": self.orders, "result": self.result if self.model_difference is None else "differs",
                 "difference": self.difference.to_dict() if self.difference else None, "error": self.error,
                 "model_difference": self.model_difference.to_dict() if self.model_difference else None,
+                "compared_with": "full run" if self.reference is None else f"run ending before bar {self.reference}",
                 "seconds": round(self.seconds, 4)}
 
 
 @dataclass
 class CheckReport:
-    status: str  # clean | lookahead | nondeterministic
+    status: str  # clean | lookahead | failed | nondeterministic
     start: int  # first traded bar
     n_bars: int  # all bars of the data
     cuts: list[CutResult] = field(default_factory=list)
     nondeterminism: Difference | None = None
+    failure: Difference | None = None  # status failed: the exception of the full run
     full_orders: int = 0
     jobs: int = 1
     recomputed_signals: bool = False
@@ -166,6 +173,7 @@ class CheckReport:
             "jobs": self.jobs,
             "recomputed_signals": self.recomputed_signals,
             "nondeterminism": self.nondeterminism.to_dict() if self.nondeterminism else None,
+            "failure": self.failure.to_dict() if self.failure else None,
             "first_difference": None if first is None else {"cut": first[0].cut, **first[1].to_dict()},
             "cuts": [c.to_dict() for c in self.cuts],
             "seconds": round(self.seconds, 3),
@@ -207,15 +215,15 @@ def cut_points(start: int, n: int, k: int) -> list[int]:
 
 # ---- comparing two runs ---------------------------------------------------------------------
 
-def _frame(result, attr: str) -> pd.DataFrame:
+def _frame(result, attr: str) -> pd.DataFrame | None:
     if attr != "liquidations":
-        return getattr(result, attr)
+        return getattr(result, attr, None)
     from .backtest import bt_num_to_ms
 
-    liqs = result.liquidations
-    return pd.DataFrame({"time": bt_num_to_ms([x.dt for x in liqs]) if liqs else np.zeros(0, np.int64),
-                         "size": [x.size for x in liqs], "price": [x.price for x in liqs],
-                         "shortfall": [x.shortfall for x in liqs]})
+    rows = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else dict(vars(x)) for x in result.liquidations]
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "time", bt_num_to_ms(frame.pop("dt").to_numpy()) if rows else np.zeros(0, np.int64))
+    return frame
 
 
 def _differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -229,13 +237,14 @@ def _differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a != b
 
 
-def _first_row(a: pd.DataFrame, b: pd.DataFrame, cols) -> tuple[int, str | None] | None:
+def _first_row(a: pd.DataFrame, b: pd.DataFrame) -> tuple[int, str | None] | None:
     """(row, column) of the first difference, column None when one frame just has more rows."""
     n = min(len(a), len(b))
     best = None
+    cols = [c for c in a.columns if c not in _SKIP] + [c for c in b.columns if c not in _SKIP and c not in a.columns]
     for c in cols:
-        if c not in a.columns or c not in b.columns:
-            continue
+        if c not in a.columns or c not in b.columns:  # the same code makes both frames: never expected
+            return (0, c) if n else None
         bad = _differs(a[c].to_numpy()[:n], b[c].to_numpy()[:n])
         if bad.any():
             i = int(np.argmax(bad))
@@ -265,21 +274,21 @@ def compare(full, other, ts: np.ndarray, cut_ms: int | None = None) -> Differenc
     (see the module docstring) and ``other`` is the run truncated there.
     """
     found = []
-    for rank, (name, attr, cols, when, settled) in enumerate(_STREAMS):
+    for rank, (name, attr, when, settled) in enumerate(_STREAMS):
         fa, fb = _frame(full, attr), _frame(other, attr)
+        if fa is None or fb is None:
+            continue
         if cut_ms is not None and len(fa):
             fa = fa[fa[settled].to_numpy() < cut_ms]
         fa, fb = fa.reset_index(drop=True), fb.reset_index(drop=True)
-        hit = _first_row(fa, fb, cols)
+        hit = _first_row(fa, fb)
         if hit is None:
             continue
         i, col = hit
         times = [int(f[when].iloc[i]) for f in (fa, fb) if i < len(f)]
         t = min(times)
         if col is None:
-            what = {"signals": "a bar record", "orders": "an order", "equity": "an equity row", "trades": "a trade",
-                    "liquidations": "a liquidation"}[name]
-            d = Difference(_bar_index(ts, t), t, f"{name}: {what} only one run has",
+            d = Difference(_bar_index(ts, t), t, f"{name}: {_ROW[name]} only one run has",
                            "present" if i < len(fa) else "absent", "present" if i < len(fb) else "absent")
         else:
             label = _LABELS.get((name, col), f"{name[:-1]} {col}")
@@ -334,23 +343,107 @@ def _strategy_bar_ms(exc: BaseException) -> tuple[int | None, bool]:
         return None, False
 
 
-def _task(kind: str, cut: int | None):
-    """One backtest: ('full', None) or ('cut', end). Returns plain, picklable values."""
+@dataclass
+class _Run:
+    """One backtest's outcome: its result, or the exception it raised and where."""
+
+    end: int  # first bar the run lacks (all bars for a full run)
+    result: object | None  # BacktestResult; None when the run raised
+    error: str | None = None
+    error_bar: int | None = None  # bar where it raised; -1 while the strategy was set up; None unknown
+    seconds: float = float("nan")
+
+    @property
+    def raised(self) -> bool:
+        return self.result is None
+
+    def went_past(self, bar: int) -> bool:
+        """Whether this run processed ``bar`` without raising (known for sure)."""
+        if bar >= self.end:
+            return False
+        return not self.raised or (self.error_bar is not None and self.error_bar > bar)
+
+
+def _task(kind: str, end: int):
+    """One backtest over bars [start, end). Returns plain, picklable values."""
     from .errors import FastraderError
     from .pipeline import backtest
 
     prep = _PREP
     t = time.perf_counter()
     try:
-        res = backtest(prep, end=cut)
+        res = backtest(prep, end=end)
     except FastraderError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a truncated run that raises is a finding, not a crash
-        if kind == "full":
-            raise
+    except Exception as exc:  # noqa: BLE001 - a run that raises is a finding, judged against the other runs
         ms, in_init = _strategy_bar_ms(exc)
-        return kind, cut, None, (f"{type(exc).__name__}: {exc}", ms, in_init), time.perf_counter() - t
-    return kind, cut, res, None, time.perf_counter() - t
+        return kind, end, None, (f"{type(exc).__name__}: {exc}", ms, in_init), time.perf_counter() - t
+    return kind, end, res, None, time.perf_counter() - t
+
+
+def _make_run(out, ts) -> _Run:
+    kind, end, res, err, secs = out
+    run = _Run(end, res, seconds=secs)
+    if err is not None:
+        msg, ms, in_init = err
+        run.error = msg
+        run.error_bar = -1 if in_init else (_bar_index(ts, ms) if ms is not None else None)
+    return run
+
+
+def _error_diff(run: _Run, ts, field: str, full_value, other_value) -> Difference:
+    b = run.error_bar
+    known = b is not None and b >= 0
+    return Difference(b if known else None, int(ts[b]) if known else None,
+                      field + (" (while the strategy was set up, in __init__)" if b == -1 else ""), full_value,
+                      other_value)
+
+
+def _determinism(a: _Run, b: _Run, ts) -> Difference | None:
+    """First difference between the two full runs (None: they agree)."""
+    if not a.raised and not b.raised:
+        return compare(a.result, b.result, ts)
+    if a.raised and b.raised:
+        if (a.error, a.error_bar) == (b.error, b.error_bar):
+            return None
+        first = a if (a.error_bar if a.error_bar is not None else 1 << 62) <= (
+            b.error_bar if b.error_bar is not None else 1 << 62) else b
+        return _error_diff(first, ts, "exception", a.error, b.error)
+    bad = a if a.raised else b
+    return _error_diff(bad, ts, "exception", a.error or "ran on", b.error or "ran on")
+
+
+def _judge(cut: int, run: _Run, longer: list[_Run], full: _Run, ts, start: int) -> CutResult:
+    """Compare a truncated run with the runs that saw more data (``longer``, shortest first, full run last)."""
+    cr = CutResult(cut, int(ts[cut - 1]), cut - start, 0, seconds=run.seconds)
+    if run.raised:
+        cr.result, cr.error = "raised", run.error
+        b = run.error_bar
+        passer = None if b is None else next((L for L in [full] + longer if L.went_past(b)), None)
+        if passer is not None:
+            cr.difference = _error_diff(run, ts, "exception at this bar", "ran on", run.error)
+            cr.reference = None if passer is full else passer.end
+        else:
+            cr.result = "raised like the full run"  # a bug the longer runs share: not lookahead
+        return cr
+    # a run with more data that failed at a bar this one went past
+    early = [L for L in longer if L.raised and L.error_bar is not None and L.error_bar < cut]
+    if early:
+        L = min(early, key=lambda r: r.error_bar)
+        cr.result = "differs"
+        cr.difference = _error_diff(L, ts, "exception in the longer run", L.error, "ran on")
+        return cr
+    ref = full if not full.raised else next((L for L in longer if not L.raised), None)
+    if ref is None:
+        cr.result = "not compared"
+        return cr
+    if ref is not full:
+        cr.reference = ref.end
+    cut_ms = int(ts[cut])
+    cr.orders = int((ref.result.orders["final_time"].to_numpy() < cut_ms).sum())
+    cr.difference = compare(ref.result, run.result, ts, cut_ms)
+    cr.result = "same" if cr.difference is None else "differs"
+    return cr
 
 
 def default_jobs(prep) -> int:
@@ -377,6 +470,8 @@ def check(prep, cuts: int = 8, *, jobs: int | None = None, recompute_signals: bo
                if prep.streaming else "the signals do not come from the model here (a --signals file, or a strategy "
                "that is not a ModelStrategy)")
         raise ConfigError(f"--recompute-signals has no model pass to recompute: {why}")
+    if not model_atol >= 0:
+        raise ConfigError(f"--model-atol must be >= 0, got {model_atol!r}")
     if jobs is None:
         jobs = default_jobs(prep)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -394,26 +489,24 @@ def check(prep, cuts: int = 8, *, jobs: int | None = None, recompute_signals: bo
                             "not how they were made")
 
     # Longest first, so the pool's workers finish together.
-    tasks = [("full", None), ("full", None)] + [("cut", c) for c in sorted(points, reverse=True)]
-    results = {"full": [], "cut": {}}
+    tasks = [("full", n), ("full", n)] + [("cut", c) for c in sorted(points, reverse=True)]
+    fulls: list[_Run] = []
+    parts: dict[int, _Run] = {}
     bar = tqdm(total=len(tasks), desc="fastrader check: full runs and cuts", unit="run", disable=not progress,
                leave=False)
 
-    def take(out):
-        kind, cut, res, err, secs = out
-        if kind == "full":
-            results["full"].append(res)
-        else:
-            results["cut"][cut] = (res, err, secs)
+    def take(out) -> bool:
+        run = _make_run(out, ts)
+        (fulls.append(run) if out[0] == "full" else parts.__setitem__(run.end, run))
         bar.update()
         # two full runs that differ make every cut meaningless: stop early
-        return kind == "full" and len(results["full"]) == 2 and compare(*results["full"], ts)
+        return len(fulls) == 2 and out[0] == "full" and _determinism(*fulls, ts) is not None
 
     _PREP = prep
     try:
         if jobs == 1:
-            for kind, cut in tasks:
-                if take(_task(kind, cut)):
+            for kind, end in tasks:
+                if take(_task(kind, end)):
                     break
         else:
             from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -421,53 +514,45 @@ def check(prep, cuts: int = 8, *, jobs: int | None = None, recompute_signals: bo
             pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("fork"),
                                        initializer=_fresh_randomness)
             try:
-                pending = [pool.submit(_task, k, c) for k, c in tasks]
+                pending = [pool.submit(_task, k, e) for k, e in tasks]
                 stop = False
                 while pending and not stop:
                     done, rest = wait(pending, return_when=FIRST_COMPLETED)
                     pending = [f for f in pending if f in rest]
                     for fut in done:
-                        stop = bool(take(fut.result())) or stop
+                        stop = take(fut.result()) or stop
             finally:  # on an early stop or an error, runs not started are dropped
                 pool.shutdown(wait=True, cancel_futures=True)
-        if recompute_signals:
+        recomputed = {}
+        if recompute_signals and len(fulls) == 2 and _determinism(*fulls, ts) is None:
             bar.set_description("fastrader check: model recomputed per cut")
-            recomputed = {}
             for c in points:
-                recomputed[c] = compare_signals(prep.signal, prep.model.precompute(prep.candles.iloc[:c]), ts, model_atol)
+                recomputed[c] = compare_signals(prep.signal, prep.model.precompute(prep.candles.iloc[:c]), ts,
+                                                model_atol)
     finally:
         _PREP = None
         bar.close()
 
-    full = results["full"]
-    report.full_orders = len(full[0].orders) if full else 0
-    if len(full) == 2:
-        report.nondeterminism = compare(full[0], full[1], ts)
+    full = fulls[0]
+    report.full_orders = 0 if full.raised else len(full.result.orders)
+    report.nondeterminism = _determinism(*fulls, ts)
     if report.nondeterminism is not None:
         report.status = NONDETERMINISTIC
         report.seconds = time.perf_counter() - t0
         return report
-
     for c in points:
-        res, err, secs = results["cut"][c]
-        cut_ms = int(ts[c])
-        kept = full[0].orders
-        cr = CutResult(c, int(ts[c - 1]), c - prep.start, int((kept["final_time"].to_numpy() < cut_ms).sum()),
-                       seconds=secs)
-        if err is not None:
-            msg, ms, in_init = err
-            cr.result, cr.error = "raised", msg
-            where = "while setting up (__init__)" if in_init else "at this bar"
-            cr.difference = Difference(_bar_index(ts, ms) if ms is not None else (None if in_init else c - 1),
-                                       ms if ms is not None else (None if in_init else int(ts[c - 1])),
-                                       f"exception {where}", "ran on", msg)
-        else:
-            cr.difference = compare(full[0], res, ts, cut_ms)
-            cr.result = "same" if cr.difference is None else "differs"
+        longer = [parts[e] for e in points if e > c] + [full]
+        cr = _judge(c, parts[c], longer, full, ts, prep.start)
         if recompute_signals:
             cr.model_difference = recomputed[c]
         report.cuts.append(cr)
-    report.status = CLEAN if all(c.clean for c in report.cuts) else LOOKAHEAD
+    if not all(c.clean for c in report.cuts):
+        report.status = LOOKAHEAD
+    elif full.raised:
+        report.status = FAILED
+        report.failure = _error_diff(full, ts, "exception", full.error, None)
+    else:
+        report.status = CLEAN
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -481,39 +566,59 @@ def _fmt(v) -> str:
 
 
 def _at(d: Difference) -> str:
-    if d.bar is None and d.time_ms is None:
-        return "while the strategy was set up (__init__)" if "__init__" in d.field else "at an unknown bar"
-    return f"at bar {d.bar:,} ({iso(d.time_ms)})" if d.bar is not None else f"at {iso(d.time_ms)}"
+    if d.bar is not None:
+        return f"at bar {d.bar:,} ({iso(d.time_ms)})"
+    if d.time_ms is not None:  # a portfolio's other symbol: a time the first symbol has no bar at
+        return f"at {iso(d.time_ms)}"
+    return "while the strategy was set up (__init__)" if "__init__" in d.field else "at an unknown bar"
 
 
 def table(report: CheckReport) -> str:
     rows = [("cut", "last bar kept (UTC)", "bar", "bars compared", "orders", "result")]
     for i, c in enumerate(report.cuts, 1):
-        res = c.result if c.model_difference is None else "differs (model)"
-        if not c.clean and c.first is not None and c.first.bar is not None:
-            res += f" at bar {c.first.bar:,}"
+        res = c.result if c.model_difference is None or c.difference is not None else "differs (model)"
+        first = c.first
+        if first is not None:
+            res += f" at bar {first.bar:,}" if first.bar is not None else " in __init__"
         rows.append((str(i), iso(c.last_ms)[:-7], f"{c.cut - 1:,}", f"{c.bars:,}", f"{c.orders:,}", res))
     w = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
-    return "\n".join("  " + "  ".join(x.ljust(w[j]) if j in (1, 5) else x.rjust(w[j]) for j, x in enumerate(r))
+    return "\n".join("  " + "  ".join(x.ljust(w[j]) if j in (1, 5) else x.rjust(w[j]) for j, x in enumerate(r)).rstrip()
                      for r in rows)
 
 
 def verdict(report: CheckReport) -> str:
+    """One line: the result, and for a difference the first differing bar (index and UTC time) and field."""
     if report.status == NONDETERMINISTIC:
         d = report.nondeterminism
         return (f"NOT DETERMINISTIC: two full runs of the same backtest differ {_at(d)}, field {d.field!r} (first run "
-                f"{_fmt(d.full)}, second run {_fmt(d.other)}); lookahead cannot be judged on a strategy whose runs differ. "
-                "Seed its random numbers (e.g. random.Random(seed) in __init__) and check again")
+                f"{_fmt(d.full)}, second run {_fmt(d.other)}); lookahead cannot be judged on a strategy whose runs "
+                "differ. Seed its random numbers (e.g. random.Random(seed) in __init__) and check again")
+    if report.status == FAILED:
+        d = report.failure
+        last = d.bar == report.n_bars - 1
+        return (f"error: the full backtest raised {d.full} {_at(d)}" + (
+            ", its last bar: a strategy that fails only there reads the bar after the current one (e.g. "
+            "data.close[1]), but no truncated run showed it" if last else
+            ", and every truncated run that reached that bar raised there too: a bug in the strategy, not lookahead")
+            + "; the check needs a backtest that runs to the end")
     if report.status == CLEAN:
         what = "signal, target, order, trade, position and equity value"
-        model = "; the model recomputed on each truncated history gives the same signals" if report.recomputed_signals else ""
+        model = ("; the model recomputed on each truncated history gives the same signals"
+                 if report.recomputed_signals else "")
         return (f"no lookahead: in each of {len(report.cuts)} runs truncated at a cut, every {what} before the cut "
                 f"equals the full run, and two full runs agree{model}")
     c, d = report.first
     head = f"LOOKAHEAD: the run truncated after bar {c.cut - 1:,} ({iso(c.last_ms)})"
-    if c.result == "raised" and d is c.difference:
-        return (f"{head} raised {c.error} {_at(d)}, where the full run went on: the strategy reads bars after the "
+    longer = "the full run" if c.reference is None else f"a run with the bars up to {c.reference - 1:,}"
+    if d is c.model_difference:
+        return (f"{head}: the model's signal recomputed on the truncated history differs from the full pass {_at(d)}: "
+                f"full pass {_fmt(d.full)}, truncated {_fmt(d.other)}; the model's signal is not causal")
+    if c.result == "raised":
+        return (f"{head} raised {c.error} {_at(d)}, where {longer} went on: the strategy reads bars after the "
                 "current one (e.g. data.close[1], or an index into data.close.array)")
-    return (f"{head} differs from the full run {_at(d)}, field {d.field!r}: full run {_fmt(d.full)}, truncated run "
+    if d.field.startswith("exception in the longer run"):
+        return (f"{head} went on {_at(d)}, where {longer} raised {d.full}: what the strategy did there depended on "
+                "bars after it")
+    return (f"{head} differs from {longer} {_at(d)}, field {d.field!r}: {longer} {_fmt(d.full)}, truncated run "
             f"{_fmt(d.other)}. The strategy used data from after that bar to decide at it (e.g. data.close[1], or a "
             "column computed in __init__ from the whole data.close.array)")
