@@ -175,6 +175,10 @@ def test_killed_download_resumes_to_the_identical_data_set(tmp_path):
         key = _key(server)
         partial = store.read(key)  # readable, checksums intact: not corrupt
         assert partial is not None and 10_000 <= len(partial.candles) < len(frame)
+        # The server had been asked for ``killed_at`` pages, so the client held at most
+        # killed_at - 1 of them; losing at most one leaves killed_at - 2 pages in the cache.
+        assert len(partial.candles) % 1000 == 0 and len(partial.candles) >= (killed_at - 2) * 1000
+        assert store.segment_paths(key) and not store.base_path(key).exists()  # pages as segments
         assert len(partial.covered) == 1 and partial.covered[0][0] == since and partial.covered[0][1] < until
         reference = server.candles()
         np.testing.assert_array_equal(partial.candles.to_numpy(), reference.iloc[: len(partial.candles)].to_numpy())
@@ -195,7 +199,8 @@ def test_killed_download_resumes_to_the_identical_data_set(tmp_path):
     assert not list(store.path(key).glob(".*.tmp")), "stale temp files are cleared on the next run"
     assert store.read(key).covered == [(since, until)]
     print(
-        f"\nkilled after {killed_at} pages with {len(partial.candles)} of {len(frame)} candles saved; "
+        f"\nkilled after {killed_at} page requests with {len(partial.candles)} of {len(frame)} candles saved "
+        f"({killed_at - 1 - len(partial.candles) // 1000} received pages lost); "
         f"rerun fetched {resumed.downloaded} in {resumed.stats.requests} requests; third run {third.stats.requests} requests"
     )
 

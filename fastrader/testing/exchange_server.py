@@ -238,7 +238,7 @@ class ExchangeServer:
         timeout_delay_s: float = 2.0,
         page_delay_s: float = 0.0,
         overlap: int = 3,
-        ignore_since: str | None = None,
+        ignore_since: str | bool | None = None,
         max_requests: int = 20_000,
         port: int = 0,
     ):
@@ -262,9 +262,11 @@ class ExchangeServer:
         self.timeout_delay_s = timeout_delay_s
         self.page_delay_s = page_delay_s
         self.overlap = overlap
-        if ignore_since not in (None, "latest", "first"):
+        if ignore_since is True:
+            ignore_since = "latest"
+        if ignore_since not in (None, False, "latest", "first"):
             raise ValueError(f"ignore_since must be None, 'latest' or 'first', not {ignore_since!r}")
-        self.ignore_since = ignore_since
+        self.ignore_since = ignore_since or None
         self._empty_at: dict[int, int] = {}  # startTime -> empty answers left (-1: always)
         self.max_requests = max_requests
         self._rng = random.Random(seed)
