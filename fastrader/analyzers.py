@@ -23,15 +23,41 @@ _FINAL = {
 
 
 class EquityRecorder(bt.Analyzer):
-    """Broker value (cash + positions marked to close) after every bar."""
+    """Broker value (cash + positions marked to close) and cash after every bar.
+
+    With several traded datas (a portfolio) it also records each one's
+    position and the close it is marked at, at every step of Backtrader's
+    common clock: a symbol with no bar at that time keeps its last close,
+    as the broker's valuation does. Coarse context feeds (``fr_context``) are
+    not traded and not recorded.
+    """
 
     def start(self):
-        self.rows: list[tuple[float, float, float]] = []
+        self.rows: list[tuple[float, float, float, float]] = []  # (dt, value, cash, position of data0)
+        self.holdings: list[tuple] = []  # per row: positions..., closes... of the traded datas (portfolios)
+        self.datas_traded = [d for d in self.strategy.datas if not getattr(d, "fr_context", False)]
+        self._multi = len(self.datas_traded) > 1
+        self._last_dt = None
 
     def next(self):
-        b = self.strategy.broker
-        pos = self.strategy.getposition(self.data).size
-        self.rows.append((self.data.datetime[0], b.getvalue(), pos))
+        s = self.strategy
+        b = s.broker
+        ds = self.datas_traded
+        if not self._multi:
+            d = ds[0]
+            dt = d.datetime[0]
+            if dt == self._last_dt:  # only a context feed moved
+                return
+            self._last_dt = dt
+            self.rows.append((dt, b.getvalue(), b.getcash(), s.getposition(d).size))
+            return
+        dt = max(d.datetime[0] for d in ds if len(d))
+        if dt == self._last_dt:
+            return
+        self._last_dt = dt
+        pos = [s.getposition(d).size for d in ds]
+        self.rows.append((dt, b.getvalue(), b.getcash(), pos[0]))
+        self.holdings.append(tuple(pos) + tuple(d.close[0] if len(d) else float("nan") for d in ds))
 
     def get_analysis(self):
         return self.rows

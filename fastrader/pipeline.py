@@ -32,10 +32,11 @@ ON_BAD_BARS = ("error", "drop", "nan")
 
 @dataclass
 class RunConfig:
-    data: str | None = None
+    data: str | list | None = None  # one path, or several (a portfolio); globs are expanded
     exchange: str | None = None
-    symbol: str = "BTC/USDT"
-    timeframe: str = "1h"
+    symbol: str | None = None  # BTC/USDT for --exchange; with --data it names the file(s)' instrument(s)
+    timeframe: str | None = None  # --exchange: what to download (1h); finer candles are resampled to it
+    source_timeframe: str | None = None  # --exchange: download/cache this finer timeframe, resample to --timeframe
     since: str | None = None
     until: str | None = None
     api_url: str | None = None
@@ -89,6 +90,8 @@ class Prepared:
     signal_seconds: float = float("nan")
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    markets: list = field(default_factory=list)  # fastrader.markets.Market per symbol; several for a portfolio
+    timeframe: str | None = None  # of the traded bars, from the options or the candles
 
     @property
     def traded(self) -> pd.DataFrame:
@@ -145,15 +148,15 @@ def load_data(cfg: RunConfig) -> tuple[pd.DataFrame, str]:
 
         df = load_history(
             cfg.exchange,
-            cfg.symbol,
-            cfg.timeframe,
+            cfg.symbol or "BTC/USDT",
+            cfg.source_timeframe or cfg.timeframe or "1h",
             cfg.since,
             cfg.until,
             cache_dir=cfg.cache_dir,
             api_url=cfg.api_url,
             progress=cfg.progress,
         )
-        return df, f"{cfg.exchange}:{cfg.symbol}:{cfg.timeframe}"
+        return df, f"{cfg.exchange}:{cfg.symbol or 'BTC/USDT'}:{cfg.source_timeframe or cfg.timeframe or '1h'}"
     path = Path(cfg.data) if cfg.data else SAMPLE_DATA
     return load_candles(path, on_bad=cfg.on_bad_bars), str(path)
 
@@ -313,10 +316,15 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError("--signals replaces the model, so there is nothing to stream (drop --stream)")
     streaming = is_model and not cfg.signals and (cfg.stream or bool(params.get("stream", strategy_cls.params.stream)))
 
-    df, source = load_data(cfg)
-    notes = [n for n in [getattr(df, "attrs", {}).get("note"), gap_note(df)] if n]
-    name = cfg.symbol if cfg.exchange else Path(source).stem
+    from .markets import load_markets, prepare_portfolio
+
+    markets = load_markets(cfg)  # one per symbol, named from the options or the file names, resampled if asked
+    df, source, name = markets[0].candles, markets[0].source, markets[0].name
+    notes = [n for n in [getattr(df, "attrs", {}).get("note"), gap_note(df)] if n] + markets[0].notes
     prep = Prepared(cfg, df, source, name, strategy_cls, params, is_model, streaming, 0, 0, notes=notes, warnings=warns)
+    prep.markets, prep.timeframe = markets, markets[0].timeframe
+    if len(markets) > 1:
+        return prepare_portfolio(prep)
     if not is_model:
         if cfg.start != "auto":
             prep.start, _, _, _ = backtest_start(cfg, df, None)
@@ -349,10 +357,15 @@ def backtest(prep: Prepared, end: int | None = None):
     from .backtest import run_backtest
 
     cfg = prep.cfg
-    traded = prep.candles.iloc[prep.start:end].reset_index(drop=True).copy()
+    if len(prep.markets) > 1:  # a portfolio: {symbol: its own bars}, aligned by Backtrader's clock
+        from .markets import traded_frames
+
+        traded = traded_frames(prep, end)
+    else:
+        traded = prep.candles.iloc[prep.start:end].reset_index(drop=True).copy()
+        if prep.signal is not None:
+            traded["signal"] = prep.signal[prep.start:end]
     params = dict(prep.params)
-    if prep.signal is not None:
-        traded["signal"] = prep.signal[prep.start:end]
     if prep.is_model and prep.streaming:
         params["model"] = prep.model
         params["stream"] = True
@@ -368,6 +381,7 @@ def backtest(prep: Prepared, end: int | None = None):
             slippage_bps=cfg.slippage_bps,
             borrow_rate=cfg.borrow_rate,
             name=prep.name,
+            context=tuple(getattr(prep.strategy_cls, "coarse_feeds", ()) or ()),
         )
     except TypeError as exc:
         raise ConfigError(f"strategy {cfg.strategy!r} rejected its parameters: {exc}") from exc
@@ -425,9 +439,15 @@ def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
     from .report import write_results, write_tearsheet
     from .report.metrics import benchmark_returns
 
+    from .markets import chart_or_note, equal_weight_benchmark, equity_table, per_symbol, traded_frames
+
     cfg = prep.cfg
-    traded = prep.traded
+    portfolio = len(prep.markets) > 1
+    frames = traded_frames(prep) if portfolio else {prep.name: prep.traded}
+    traded = prep.traded if not portfolio else pd.concat(list(frames.values())).sort_values("timestamp", kind="stable")
     returns, metrics = run_metrics(prep, result)
+    if portfolio:
+        metrics["symbols"] = per_symbol(result, frames)
     warns = list(prep.warnings)
     w = order_warning(result.order_counts)
     if w:
@@ -444,6 +464,8 @@ def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
     run_info = {
         "source": prep.source,
         "symbol": prep.name,
+        "symbols": [m.name for m in prep.markets] or [prep.name],
+        "timeframe": prep.timeframe,
         "strategy": cfg.strategy,
         "model": None if not prep.is_model or cfg.signals else str(cfg.model or "default"),
         "signals_file": cfg.signals,
@@ -458,12 +480,13 @@ def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
         "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
     }
     files = write_results(
-        out, metrics=metrics, equity=result.equity, trades=result.trades, signals=signals, extra=run_info,
+        out, metrics=metrics, equity=equity_table(result), trades=result.trades, signals=signals, extra=run_info,
         orders=result.orders,
     )
+    chart_or_note(out, frames, result, files, warns)
     if cfg.tearsheet:
-        bench = benchmark_returns(traded)
-        title = f"fastrader: {cfg.strategy} on {prep.source}"
+        bench = equal_weight_benchmark(frames) if portfolio else benchmark_returns(traded)
+        title = f"fastrader: {cfg.strategy} on {', '.join(frames) if portfolio else prep.source}"
         if prep.in_sample_bars:
             title = f"IN-SAMPLE ({prep.in_sample_bars:,} bars in the model's training range): {title}"
         try:
@@ -472,8 +495,9 @@ def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
                 bench,
                 out / "tearsheet.html",
                 title=title,
-                benchmark_title="Buy & hold",
+                benchmark_title="Equal-weight buy & hold" if portfolio else "Buy & hold",
                 periods=cfg.periods_per_year,
+                chart=files.get("chart"),
             )
         except Exception as exc:  # the backtest's files are already on disk
             raise FastraderError(

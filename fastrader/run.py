@@ -37,10 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE.toml", help="read any option below from a TOML file; the command line wins")
     g = p.add_argument_group("data (default: the embedded synthetic sample, data/sample_btcusdt_1h.csv)")
-    g.add_argument("--data", metavar="PATH", help="candles as CSV or Parquet: timestamp (UTC ms), open, high, low, close, volume")
+    g.add_argument("--data", metavar="PATH", action="append", help="candles as CSV or Parquet: timestamp (UTC ms), open, "
+                   "high, low, close, volume; repeat it (or give a quoted glob) for a portfolio, one file per symbol")
     g.add_argument("--exchange", help="ccxt exchange id (e.g. binance): download history through ccxt, cached on disk")
-    g.add_argument("--symbol", help=f"market symbol for --exchange (default: {d.symbol})")
-    g.add_argument("--timeframe", help=f"candle timeframe for --exchange (default: {d.timeframe})")
+    g.add_argument("--symbol", help="market symbol(s), comma-separated for a portfolio (BTC/USDT,ETH/USDT): what "
+                   "--exchange downloads (default: BTC/USDT); with --data, the files' instruments in their order "
+                   "(default: read from the file names, e.g. binance_ETHUSDT_1h.csv is ETH/USDT)")
+    g.add_argument("--timeframe", help="bar timeframe: what --exchange downloads (default: 1h); finer candles (a file, "
+                   "or --source-timeframe) are resampled to it: bars labelled by open time, complete bars only")
+    g.add_argument("--source-timeframe", metavar="TF", help="with --exchange: download (or read from the cache) this "
+                   "finer timeframe and resample it to --timeframe, e.g. --source-timeframe 1m --timeframe 1h")
     g.add_argument("--since", help="first candle for --exchange: ISO date or UTC ms")
     g.add_argument("--until", help="end (exclusive) for --exchange: ISO date or UTC ms (default: now)")
     g.add_argument("--api-url", metavar="URL", help="point ccxt's REST API at another base URL (proxy, mirror, test server)")
@@ -89,6 +95,8 @@ _TYPES = {
 
 def _check_type(where: str, key: str, value):
     want = _TYPES[key]
+    if key == "data" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value  # data = ["btc.csv", "eth.csv"]: a portfolio
     ok = isinstance(value, want) and not (isinstance(value, bool) and bool not in want)
     if not ok:
         names = " or ".join("number" if t is float else {"str": "string", "int": "integer", "bool": "boolean",
@@ -124,6 +132,8 @@ def config_from_args(argv: list[str] | None) -> RunConfig:
     for k, v in vars(args).items():
         if k in ("config", "param") or v is None:
             continue
+        if k == "data" and len(v) == 1:
+            v = v[0]  # one file: a plain path, as before portfolios
         values[k] = v  # the command line wins over the file
     if args.param:
         values["params"] = {**values.get("params", {}), **parse_assignments(args.param)}
