@@ -110,7 +110,7 @@ def test_vol_target_realised_volatility_on_real_btc(real_data_path, tmp_path):
     daily = s.groupby(s.index.floor("D")).last()
     r = daily.pct_change().dropna().iloc[31:]  # after the 30-day warm-up of the volatility window
     realised = float(r.std(ddof=1) * math.sqrt(365))
-    print(f"vol target {target:.2f}: realised {realised:.4f} over {len(r)} days, {out.metrics["orders"]["filled"]} fills")
+    print(f"vol target {target:.2f}: realised {realised:.4f} over {len(r)} days, {out.metrics['orders']['filled']} fills")
     assert abs(realised / target - 1) <= 0.20, realised
     held = pd.read_csv(tmp_path / "o" / "equity.csv")
     expo = held["position"] * held["close"] / held["equity"]
