@@ -50,6 +50,51 @@ def _kernel_devices():
 _KERNEL_DEVICES = _kernel_devices()
 
 
+BACKENDS = ("cpu", "cuda-mma", "cuda-scalar")
+
+
+def can_run(backend, q, window=256, dilation=1, sinks=0):
+    """Whether ``backend`` computes sparse attention for ``q``: ``(ok, reason)``.
+
+    Backends: ``"cpu"`` (the C++ kernels), ``"cuda-mma"`` (the tensor-core
+    kernels: float16/bfloat16, head dim <= 128, compute capability >= 8.0,
+    and ``FASTRADER_CUDA_KERNEL`` not set to ``scalar``) and ``"cuda-scalar"``
+    (every dtype; the CUDA op uses it whenever ``cuda-mma`` cannot run).
+    Mirrors the dispatch in ext/csrc/cuda/sparse_attention_cuda.cu and
+    mma_supported() in fwd_mma.cu. window, dilation and sinks do not restrict
+    any backend today; they are part of the question for future kernels.
+    """
+    import os
+
+    if backend not in BACKENDS:
+        return False, f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}"
+    if _LOAD_ERROR is not None:
+        return False, f"the extension fastrader._C is not built ({_LOAD_ERROR})"
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        return False, "q must be a 4-D tensor (batch, heads, seq, head_dim)"
+    lo, hi = HEAD_DIM_RANGE
+    if not lo <= q.shape[-1] <= hi:
+        return False, f"head_dim {q.shape[-1]} outside [{lo}, {hi}]"
+    if q.dtype not in _DTYPES:
+        return False, f"dtype {q.dtype} not supported"
+    want = "cpu" if backend == "cpu" else "cuda"
+    if q.device.type != want:
+        return False, f"{backend} needs a {want} tensor, got {q.device}"
+    if want not in _KERNEL_DEVICES:
+        return False, f"fastrader._C was built without {want} kernels"
+    if backend == "cuda-mma":
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            return False, f"tensor-core kernels take float16/bfloat16, got {q.dtype} (cuda-scalar runs it)"
+        if q.shape[-1] > 128:
+            return False, f"tensor-core kernels take head_dim <= 128, got {q.shape[-1]}"
+        major, minor = torch.cuda.get_device_capability(q.device)
+        if major < 8:
+            return False, f"tensor-core kernels need compute capability >= 8.0, device has {major}.{minor}"
+        if os.environ.get("FASTRADER_CUDA_KERNEL") == "scalar":
+            return False, "FASTRADER_CUDA_KERNEL=scalar forces the scalar kernels"
+    return True, "ok"
+
+
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise AttentionTypeError(f"sparse_attention: {name} must be an int, got {type(value).__name__}")
