@@ -103,9 +103,14 @@ def _to_page(raw, exchange, what: str) -> np.ndarray:
     if not isinstance(raw, list):
         raise ccxt.BadResponse(f"{exchange.id} {what}: expected a list of candles, got {type(raw).__name__}")
     try:
-        page = np.array([row[:6] for row in raw], dtype=np.float64).reshape(-1, 6)
-    except (TypeError, ValueError, IndexError):
-        raise ccxt.BadResponse(f"{exchange.id} {what}: malformed candle rows") from None
+        page = np.array(raw, dtype=np.float64)  # ccxt's rows are [t, o, h, l, c, v]: one conversion, no copies
+        if page.ndim != 2 or page.shape[1] != 6:
+            raise ValueError("shape")
+    except (TypeError, ValueError):
+        try:  # rows with extra fields, or none at all
+            page = np.array([row[:6] for row in raw], dtype=np.float64).reshape(-1, 6)
+        except (TypeError, ValueError, IndexError):
+            raise ccxt.BadResponse(f"{exchange.id} {what}: malformed candle rows") from None
     if np.isnan(page[:, 0]).any():
         raise ccxt.BadResponse(f"{exchange.id} {what}: candle without a timestamp")
     return page
@@ -169,6 +174,8 @@ def download_candles(
     while cursor < end:
         raw_page = fetch(cursor, limit, params)
         stats.pages += 1
+        if len(raw_page) and raw_page[:, 0].max() < cursor:
+            raw_page = raw_page[:0]  # only candles before the cursor: no step forward, as good as empty
         if len(raw_page) == 0:
             # Not proof that nothing follows: exchanges have empty-page glitches,
             # and ccxt turns a page of only earlier candles into an empty one.
