@@ -75,6 +75,9 @@ class OrderLog(bt.Analyzer):
         status = _FINAL.get(order.status)
         if status is None:  # submitted, accepted, partial: not final yet
             return
+        parent = getattr(order, "parent", None)
+        if status == "rejected" and parent is not None and parent.status != bt.Order.Completed:
+            status = "cancelled"  # a bracket's exit that died with its refused entry: one refusal, not three
         ex = order.executed
         self.rows.append(
             {
