@@ -60,3 +60,24 @@ class MultiDataSMACross(bt.Strategy):
                 self.inflight = self.buy(data=self.data0, size=self.p.stake)
         elif self.cross < 0.0:
             self.inflight = self.sell(data=self.data0, size=self.p.stake)
+
+
+class CoarseWatcher(bt.Strategy):
+    """Asks fastrader for the same symbol at 4h and 1d (``coarse_feeds``) and records what it sees at each 1h bar."""
+
+    coarse_feeds = ("4h", "1d")
+
+    def __init__(self):
+        self.seen = []  # (1h bar datetime, then per coarse feed: len, open, high, low, close, volume)
+        self._last = 0
+
+    def next(self):
+        if len(self.data0) == self._last:  # only a coarse feed moved at this time
+            return
+        self._last = len(self.data0)
+        row = [self.data0.datetime[0]]
+        for d in (self.data1, self.data2):
+            row += [len(d)] + ([d.open[0], d.high[0], d.low[0], d.close[0], d.volume[0]] if len(d) else [float("nan")] * 5)
+        self.seen.append(tuple(row))
+
+    prenext = next
