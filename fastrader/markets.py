@@ -82,7 +82,7 @@ def instrument_from_filename(path: str) -> tuple[str | None, str | None]:
     for i, t in enumerate(up):
         if "/" in t:
             continue
-        if t in QUOTES and i > 0 and up[i - 1].isalpha() and up[i - 1] not in QUOTES and len(up[i - 1]) >= 2:
+        if t in QUOTES and i > 0 and up[i - 1].isalpha() and up[i - 1] != t and len(up[i - 1]) >= 2:
             symbol = f"{up[i - 1]}/{t}"  # ETH_USDT
             break
         for q in QUOTES:
