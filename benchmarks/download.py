@@ -12,8 +12,10 @@ nothing and checks nothing.
 
 The server renders its rows once before any timing (a warm-up pass), so what
 is timed is the client side. Each case is timed ``--repeats`` times,
-alternating which implementation goes first; the table shows medians and the
-spread (max/min - 1) across repeats.
+alternating which implementation goes first; the table shows medians, the
+spread (max/min - 1) across repeats, the ratio of the medians ("vs loop") and
+the median (and range) of the per-repeat ratios ("paired"), which is what to
+read on a shared machine: both runs of a pair see the same load.
 
     python benchmarks/download.py                  # 1, 3, 6 and 12 months
     python benchmarks/download.py --months 1,12 --repeats 5 --json out.json
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                     times[name].append((time.perf_counter() - t0) * 1000)
                     if n != expected:
                         raise RuntimeError(f"{name} got {n} candles for {m} months, the server holds {expected}")
+            # Each repeat times both back to back, so their ratio sees the same machine load.
+            paired = [f / c for f, c in zip(times["fastrader"], times["ccxt-loop"])]
             for name, ms in times.items():
                 med = statistics.median(ms)
                 rows.append(
@@ -133,17 +137,23 @@ def main(argv: list[str] | None = None) -> int:
                         "us_per_candle": round(med * 1000 / expected, 2),
                         "spread": round(max(ms) / min(ms) - 1, 3),
                         "runs_ms": [round(t, 1) for t in ms],
+                        "paired_ratio": round(statistics.median(paired), 3) if name == "fastrader" else 1.0,
+                        "paired_ratio_range": [round(min(paired), 3), round(max(paired), 3)] if name == "fastrader" else [1.0, 1.0],
                     }
                 )
             print(f"  {m} months done", file=sys.stderr, flush=True)
 
-    print(f"{'case':<9} {'impl':<10} {'candles':>8} {'ms':>10} {'us/candle':>10} {'spread':>7} {'vs loop':>8}")
+    print(
+        f"{'case':<9} {'impl':<10} {'candles':>8} {'ms':>10} {'us/candle':>10} {'spread':>7} {'vs loop':>8} "
+        f"{'paired (min..max)':>20}"
+    )
     by = {(r["case"], r["impl"]): r for r in rows}
     for r in rows:
         ratio = r["ms"] / by[(r["case"], "ccxt-loop")]["ms"]
+        lo, hi = r["paired_ratio_range"]
         print(
             f"{r['case']:<9} {r['impl']:<10} {r['candles']:>8} {r['ms']:>10.1f} {r['us_per_candle']:>10.2f} "
-            f"{r['spread']:>6.1%} {ratio:>7.2f}x"
+            f"{r['spread']:>6.1%} {ratio:>7.2f}x {r['paired_ratio']:>7.2f}x ({lo:.2f}..{hi:.2f})"
         )
     if 1 in months and 12 in months:
         f1, f12 = by[("1m-1mo", "fastrader")], by[("1m-12mo", "fastrader")]

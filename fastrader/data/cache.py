@@ -425,7 +425,7 @@ class ParquetStore:
         if part is None and (covered is None or covered[1] <= covered[0]):
             return
         part = part if part is not None else as_part(empty_candles())
-        seq = max([entry.through, *entry.segments]) + 1
+        seq = (entry.segments[-1] if entry.segments else entry.through) + 1  # segments are kept in order
         self._mkdir(entry.key)
         header = {
             **_key_meta(entry.key),
@@ -466,7 +466,7 @@ class ParquetStore:
         self._mkdir(entry.key)
         self._drain()
         candles = validate_candles(entry.candles, source=f"candles for {entry.key}")
-        through = max([entry.through, *entry.segments])
+        through = entry.segments[-1] if entry.segments else entry.through
         meta = {
             **_key_meta(entry.key),
             "covered": [list(c) for c in merge_intervals(entry.covered)],
