@@ -73,6 +73,8 @@ def write_chart(path: str | Path, frames: dict[str, pd.DataFrame], result, max_p
                                  label=f"{direction} entry")
             ax_p.scatter(_dt(t["close_time"]), t["exit_price"], marker="x", s=14, color="black", zorder=3,
                          linewidths=0.8, label="exit")
+        if np.nanmin(dl) > 0 and np.nanmax(dh) / np.nanmin(dl) > 8:
+            ax_p.set_yscale("log")  # a tenfold move would flatten the early or late years on a linear axis
         ax_p.set_ylabel("price")
         ax_p.set_title(f"{name}: {len(f):,} bars, {len(t):,} trades"
                        + (f" (drawn as {len(dx):,} buckets)" if len(dx) < len(f) else ""), loc="left", fontsize=10)
