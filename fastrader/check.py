@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     for note in report.notes:
         print(note)
     traded = len(prep.candles) - prep.start
-    print(f"fastrader check: {cfg.strategy} on {prep.source}: {traded:,} traded bars from bar {prep.start:,}, "
+    markets = getattr(prep, "markets", None) or []
+    what = (f"{', '.join(m.name for m in markets)} (bars and cuts counted on {markets[0].name})" if len(markets) > 1
+            else prep.source)
+    print(f"fastrader check: {cfg.strategy} on {what}: {traded:,} traded bars from bar {prep.start:,}, "
           f"{len(report.cuts) or opts.cuts} cuts, {report.full_orders:,} orders in the full run, "
           f"{report.seconds:.1f} s ({report.jobs} process{'es' if report.jobs > 1 else ''})")
     if report.cuts:

@@ -61,6 +61,34 @@ def test_builtin_strategies_show_no_lookahead(name, model_csv, tmp_path, capsys)
     assert [c["bars_compared"] for c in rep["cuts"]] == [c["cut"] - rep["start_bar"] for c in rep["cuts"]]
 
 
+@pytest.mark.parametrize("params", [
+    ["--param", "stop_loss=0.01", "--param", "take_profit=0.02"],  # bracket exits that stay open across a cut
+    ["--param", "trail_stop=0.01"],
+    ["--param", "sizing=vol_target", "--param", "vol_window=48"],
+], ids=["bracket", "trailing-stop", "vol-target"])
+def test_model_strategy_options_show_no_lookahead(params, model_csv, tmp_path, capsys):
+    rc, rep, out, err = run_check(["--data", str(model_csv), "--threshold", "0.2", *params], tmp_path, capsys)
+    assert rc == 0, out + err
+    assert rep["status"] == "clean" and all(c["orders_compared"] > 5 for c in rep["cuts"])
+
+
+def test_portfolio_and_coarse_feed_show_no_lookahead(tmp_path, capsys):
+    """Two symbols cut at the same time; a strategy on a daily feed resampled from the hourly bars."""
+    paths = []
+    for sym, seed in (("BTCUSDT", 5), ("ETHUSDT", 6)):
+        paths += ["--data", str(tmp_path / f"{sym}.csv")]
+        gapping_candles(900, seed=seed, start_ms=START_MS).to_csv(paths[-1], index=False)
+    rc, rep, out, err = run_check([*paths, "--threshold", "0.2"], tmp_path / "pf", capsys)
+    assert rc == 0 and rep["full_run_orders"] > 20, out + err
+    day = tmp_path / "day.csv"
+    gapping_candles(800, seed=3, start_ms=START_MS).to_csv(day, index=False)
+    rc, rep, out, err = run_check(["--data", str(day), "--strategy", own("daily_context")], tmp_path / "day", capsys)
+    assert rc == 0 and rep["full_run_orders"] > 20, out + err
+    # and a peek in a portfolio is still caught, at the first symbol's bar cut - 3
+    rc, rep, out, err = run_check([*paths, "--strategy", own("forward_column")], tmp_path / "peek", capsys)
+    assert rc == 1 and rep["first_difference"]["bar"] == rep["cuts"][0]["cut"] - 3, out + err
+
+
 def test_plain_backtrader_sma_cross_shows_no_lookahead(plain_csv, tmp_path, capsys):
     rc, rep, out, err = run_check(["--data", str(plain_csv[0]), "--strategy", own("sma_cross")], tmp_path, capsys)
     assert rc == 0, out + err
