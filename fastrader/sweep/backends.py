@@ -18,6 +18,7 @@ for anyone who can reach it, so it belongs on a trusted network only.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import sys
@@ -33,14 +34,18 @@ def _failed(error: str) -> dict:
             "seconds": float("nan"), "node": None, "pid": None}
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, warm: bool = False) -> None:
+    # torch takes its thread count from OMP_NUM_THREADS when first imported; a worker that already
+    # imported it (Ray reuses workers) is set directly. Plain strategies never import torch at all.
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(threads)
-    except Exception:
-        pass
+    if warm:  # import what every trial needs once, at start-up, not inside the first trial
+        import backtrader  # noqa: F401
+        import quantstats  # noqa: F401
+
+        from .. import backtest, pipeline  # noqa: F401
 
 
 def _prepare_task(sopts, phase, holdout, threads):
@@ -70,8 +75,13 @@ class LocalBackend:
 
     def start(self, echo=print) -> None:
         self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                        initargs=(self.threads,))
-        echo(f"local: process pool of {self.workers} workers on this machine")
+                                        initargs=(self.threads, True))
+        self.where = f"local: process pool of {self.workers} workers on this machine"
+        echo(self.where)
+
+    @property
+    def started(self) -> bool:
+        return self.pool is not None
 
     @property
     def slots(self) -> int:
@@ -116,6 +126,12 @@ class LocalBackend:
                     except Exception as exc:  # a worker died (killed, out of memory)
                         return tid, _failed(T._describe(exc))
 
+    def reset(self) -> None:
+        """Forget the prepared groups (a sweep is over; the workers stay up for the next)."""
+        self.groups.clear()
+        self.ready.clear()
+        self.waiting.clear()
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -130,6 +146,26 @@ def _import_ray():
     return ray
 
 
+@contextlib.contextmanager
+def loopback_env():
+    """While Ray processes start inside it, they take 127.0.0.1 as their node address (see start_local_ray)."""
+    saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED")}
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    try:
+        ray = _import_ray()
+        import ray._private.ray_constants as rc
+
+        rc.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
+        yield ray
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def start_local_ray(workers: int | None, gpus: float | None = None):
     """An in-process Ray runtime on 127.0.0.1 only: no dashboard, no usage stats, ports on loopback.
 
@@ -140,17 +176,7 @@ def start_local_ray(workers: int | None, gpus: float | None = None):
     manager, the workers and the runtime-env agent then bind to. The
     variable is set while the runtime's processes start, so they inherit it.
     """
-    saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED")}
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    try:
-        ray = _import_ray()
-        import ray._private.ray_constants as rc
-
-        rc.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
-        kw = {}
-        if gpus:
-            kw["num_gpus"] = None  # let Ray count them
+    with loopback_env() as ray:
         ctx = ray.init(
             num_cpus=workers or os.cpu_count() or 1,
             include_dashboard=False,
@@ -158,14 +184,7 @@ def start_local_ray(workers: int | None, gpus: float | None = None):
             _node_ip_address="127.0.0.1",
             log_to_driver=False,
             configure_logging=False,
-            **kw,
         )
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return ctx
 
 
@@ -182,6 +201,7 @@ class RayBackend:
         self.cpus = float(cpus_per_trial)
         self.threads = threads
         self.owns_runtime = False
+        self.started = False
         self.groups = {}
         self.trials = {}
         self.where = ""
@@ -207,6 +227,7 @@ class RayBackend:
                           f"(loopback only, no dashboard; {self._size(ray)})")
         echo(self.where)
         self._ray = ray
+        self.started = True
         opts = {"num_cpus": self.cpus}
         gopts = dict(opts, num_gpus=self.gpus) if self.gpus else opts
         self._prep = ray.remote(_prepare_task).options(**gopts)
@@ -251,10 +272,14 @@ class RayBackend:
         except Exception as exc:  # the worker or its node died
             return tid, _failed(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
+    def reset(self) -> None:
+        self.groups.clear()  # drops the refs: the object store may free the groups' inputs
+
     def close(self) -> None:
         if self.owns_runtime:
             self._ray.shutdown()
             self.owns_runtime = False
+        self.started = False
 
 
 def make_backend(spec, shared_dir: Path):

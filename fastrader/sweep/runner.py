@@ -217,7 +217,10 @@ def run_sweep(spec: SweepSpec, echo=print, backend=None) -> SweepResult:
     (out / "sweep.json").write_text(json.dumps({k: v for k, v in asdict(spec).items() if k != "space"}
                                                | {"space": [asdict(d) for d in spec.space]}, indent=2, default=str))
 
+    owned = backend is None  # a backend passed in (one runtime for many sweeps) is started once and left open
     backend = backend or make_backend(spec, out / "shared")
+    if hasattr(backend, "shared_dir"):
+        backend.shared_dir = out / "shared"
     started = False
     run = None
     t_trials = 0.0
@@ -225,7 +228,8 @@ def run_sweep(spec: SweepSpec, echo=print, backend=None) -> SweepResult:
         need_backend = bool(todo) or spec.search == "optuna" or spec.holdout
         if need_backend:
             _predownload(todo)
-            backend.start(echo)
+            if not getattr(backend, "started", False):
+                backend.start(echo)
             started = True
         cap = max(1, 2 * backend.slots) if started else 1
         t0 = time.perf_counter()
@@ -285,8 +289,10 @@ def run_sweep(spec: SweepSpec, echo=print, backend=None) -> SweepResult:
             files["holdout_csv"] = out / "holdout.csv"
             summary["holdout"] = {"start": spec.holdout, "rows": json.loads(hdf.to_json(orient="records"))}
     finally:
-        if started:
+        if started and owned:
             backend.close()
+        elif started:
+            backend.reset()
 
     # pictures and the best trial's tearsheet, from the records on disk
     hk = spec.heatmap or results.default_heatmap_keys(df, keys)
@@ -298,8 +304,7 @@ def run_sweep(spec: SweepSpec, echo=print, backend=None) -> SweepResult:
     if ok:
         summary["best"] = {"trial": ok[0]["id"], "point": ok[0]["point"],
                            "metrics": {k: ok[0]["metrics"].get(k) for k in results.METRIC_COLUMNS}}
-        if spec.tearsheet:
-            files.update(best_report(ok[0], spec, out / "best"))
+        files.update(best_report(ok[0], spec, out / "best"))
     summary["files"] = {k: str(v) for k, v in files.items()}
     summary["wall_seconds"] = time.perf_counter() - t_start
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -312,22 +317,27 @@ def _safe(k: str) -> str:
 
 
 def best_report(rec: dict, spec: SweepSpec, out: Path) -> dict:
-    """The best trial run again in this process with its files and tearsheet (same bars as the trial)."""
-    import torch
-
+    """The best trial run again in this process: its result files and tearsheet (the trial's own bars)."""
     from ..pipeline import backtest, report
+    from ..registry import resolve_strategy
+    from ..strategy import ModelStrategy
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(spec.cpus_per_trial)))  # as in the workers: the same signals to the bit
+    torch = None
+    if issubclass(resolve_strategy(rec["options"]["strategy"]), ModelStrategy) and not rec["options"].get("signals"):
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(spec.cpus_per_trial)))  # as in the workers: the same signals to the bit
     try:
         shared = T.prepare_shared(T.shared_options(rec["options"]), "in_sample", spec.holdout)
         if shared.error:
             return {}
         prep = T.build_prepared(rec["options"], shared)
     finally:
-        torch.set_num_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(threads)
     prep.cfg.out = str(out)
-    prep.cfg.tearsheet = True
+    prep.cfg.tearsheet = spec.tearsheet
     outcome = report(prep, backtest(prep))
     return {"best_" + k: v for k, v in outcome.files.items()}
 

@@ -271,6 +271,7 @@ def run_trial(options: dict, shared: Shared) -> dict:
         rec.update(status="failed", error=str(exc))
     except Exception as exc:
         rec.update(status="failed", error=_describe(exc))
+    rec["group"] = shared.key  # which shared prepare() the trial ran on
     rec["seconds"] = time.perf_counter() - t0
     rec["node"] = where_am_i()
     rec["pid"] = os.getpid()
