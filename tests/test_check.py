@@ -26,7 +26,7 @@ BUILTIN = ["model", "model_long_only"] + sorted(p.stem for p in REPO_STRATEGIES.
 @pytest.fixture(scope="module")
 def model_csv(tmp_path_factory):
     p = tmp_path_factory.mktemp("check") / "model_bars.csv"
-    gapping_candles(1500, seed=3, start_ms=START_MS).to_csv(p, index=False)
+    gapping_candles(1000, seed=3, start_ms=START_MS).to_csv(p, index=False)
     return p
 
 
@@ -77,7 +77,7 @@ def test_portfolio_and_coarse_feed_show_no_lookahead(tmp_path, capsys):
     paths = []
     for sym, seed in (("BTCUSDT", 5), ("ETHUSDT", 6)):
         paths += ["--data", str(tmp_path / f"{sym}.csv")]
-        gapping_candles(900, seed=seed, start_ms=START_MS).to_csv(paths[-1], index=False)
+        gapping_candles(600, seed=seed, start_ms=START_MS).to_csv(paths[-1], index=False)
     rc, rep, out, err = run_check([*paths, "--threshold", "0.2"], tmp_path / "pf", capsys)
     assert rc == 0 and rep["full_run_orders"] > 20, out + err
     day = tmp_path / "day.csv"
