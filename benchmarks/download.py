@@ -1,17 +1,18 @@
 """Download speed: fastrader's cached download against a plain ccxt ``fetch_ohlcv`` paging loop.
 
-Both run in this one process against the same local fake Binance
-(``fastrader.testing.exchange_server``), serving the same synthetic 1-minute
-candles in the same 1000-candle pages, through the same real ccxt client
-class with rate limiting on. fastrader's run is the whole
+Both run in this one process, one after the other, against the same local
+fake Binance (``fastrader.testing.exchange_server``, in a process of its own
+unless ``--in-process``), serving the same synthetic 1-minute candles in the
+same 1000-candle pages, through the same real ccxt client class with rate
+limiting on. fastrader's run is the whole
 ``fetch_history`` path into a fresh temporary cache: market loading, paging,
 page checks, one durable segment per page, compaction, the final frame. The
 peer is what a user writes by hand: a loop that asks from one timeframe after
 the last candle until the range is done, then builds a DataFrame; it caches
 nothing and checks nothing.
 
-The server renders its rows once before any timing (a warm-up pass), so what
-is timed is the client side. Each case is timed ``--repeats`` times,
+The server renders every row before any timing, so a page costs it a join;
+what is timed is the client side. Each case is timed ``--repeats`` times,
 alternating which implementation goes first; the table shows medians, the
 spread (max/min - 1) across repeats, the ratio of the medians ("vs loop") and
 the median (and range) of the per-repeat ratios ("paired"), which is what to
@@ -24,9 +25,12 @@ read on a shared machine: both runs of a pair see the same load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,21 +97,59 @@ def run_ccxt_loop(url: str, since: int, until: int) -> int:
 IMPLS = {"fastrader": run_fastrader, "ccxt-loop": run_ccxt_loop}
 
 
+@contextlib.contextmanager
+def serve(frame: pd.DataFrame, *, in_process: bool):
+    """The fake Binance serving ``frame`` as 1m klines, every row rendered before any timing; yields its URL.
+
+    By default it runs in its own process, so its work neither holds this
+    process's GIL nor waits for it: the clients are what is timed.
+    """
+    if in_process:
+        from fastrader.testing.exchange_server import ExchangeServer
+
+        with ExchangeServer(frame, interval="1m", extra_symbols=(), max_requests=10**9) as server:
+            for series in server.series.values():
+                series.binance_rows(0, len(series.ts))
+            yield server.url
+        return
+    with tempfile.TemporaryDirectory(prefix="fastrader-bench-") as tmp:
+        data = Path(tmp) / "candles.parquet"
+        frame.to_parquet(data, index=False)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastrader.testing.exchange_server", "--csv", str(data), "--interval", "1m",
+             "--port", str(port), "--max-requests", str(10**9), "--prerender"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            line = proc.stdout.readline()  # 'serving ... at URL' once every row is rendered
+            if "serving" not in line:
+                raise RuntimeError(f"test server did not start: {line!r}")
+            yield line.rsplit(" ", 1)[-1].strip()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--months", default="1,3,6,12", help="comma-separated case lengths in months (default: 1,3,6,12)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case and implementation (default: 3)")
     parser.add_argument("--json", metavar="PATH", help="write rows {case, impl, pass, ms, ...} to PATH")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the server on a thread of this process (its work then shares the GIL with both clients)",
+    )
     args = parser.parse_args(argv)
     months = [int(m) for m in args.months.split(",") if m.strip()]
 
-    from fastrader.testing.exchange_server import ExchangeServer
-
     frame = synthetic_minutes(max(months))
     since = int(frame["timestamp"].iat[0])
-    with ExchangeServer(frame, interval="1m", extra_symbols=(), now_ms=START + 400 * DAY, max_requests=10**9) as server:
-        for series in server.series.values():
-            series.binance_rows(0, len(series.ts))  # render every page once, outside the timings
+    with serve(frame, in_process=args.in_process) as url:
+        server = argparse.Namespace(url=url)
         for impl in IMPLS.values():  # warm-up: imports, connection pool, ccxt's market parsing
             impl(server.url, since, since + 3 * 1000 * MINUTE)
         rows = []

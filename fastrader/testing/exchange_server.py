@@ -628,11 +628,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     parser.add_argument("--timeout-delay", type=float, default=2.0, help="seconds a 'timeout' fault holds the answer")
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with 429")
+    parser.add_argument("--max-requests", type=int, default=20_000, help="answer 503 after this many requests")
+    parser.add_argument("--prerender", action="store_true", help="render every kline row before serving (for benchmarks)")
     args = parser.parse_args(argv)
     server = ExchangeServer(
         load_candles(args.csv), symbol=args.symbol, interval=args.interval, fault_rate=args.fault_rate, port=args.port,
         exchange=args.exchange, seed=args.seed, timeout_delay_s=args.timeout_delay, retry_after_s=args.retry_after,
+        max_requests=args.max_requests,
     )
+    if args.prerender:
+        for series in server.series.values():
+            series.binance_rows(0, len(series.ts))
     print(f"serving {args.symbol} {args.interval} at {server.url}", flush=True)
 
     def _stop(signum, frame):
