@@ -41,7 +41,8 @@ def _network(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-url",
         default=None,
-        help="REST base URL replacing the exchange's (a proxy, a mirror or a test server), e.g. http://127.0.0.1:8765",
+        help="REST base URL replacing the exchange's (a proxy, a mirror or a test server), e.g. http://127.0.0.1:8765; "
+        "candles fetched through it are cached in a namespace of their own, never as the exchange's",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for one response (default: 10)")
     parser.add_argument("--retries", type=int, default=8, help="retries of a failing request before giving up (default: 8)")
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     _network(download)
     _common(download)
 
-    info = sub.add_parser("info", help="list what is cached", description="List cached candle sets with their ranges and gaps.")
+    info = sub.add_parser("info", help="list what is cached", description="List cached candle sets with their ranges, complete ranges and gaps, "
+        "grouped by namespace (the exchange's own, then one per --api-url).")
     _common(info)
 
     export = sub.add_parser(
