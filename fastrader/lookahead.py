@@ -197,7 +197,11 @@ def _jsonable(x):
 
 
 def _bar_key(d: Difference):
-    return (d.bar if d.bar is not None else float("inf"),)
+    """Order of differences in the data: by time (a portfolio's bars are not all the first symbol's);
+    a failure while the strategy was set up comes before every bar, an unknown bar after them."""
+    if d.time_ms is not None:
+        return (float(d.time_ms),)
+    return (float("-inf"),) if "__init__" in d.field else (float("inf"),)
 
 
 def cut_points(start: int, n: int, k: int) -> list[int]:

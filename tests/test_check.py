@@ -131,6 +131,14 @@ def test_column_shifted_from_the_future_is_caught(plain_csv, tmp_path, capsys):
     assert f"at bar {d['bar']:,} ({d['time']}), field 'order size'" in out
 
 
+def test_reading_the_future_in_init_is_caught(plain_csv, tmp_path, capsys):
+    rc, rep, out, err = run_check(["--data", str(plain_csv[0]), "--strategy", own("init_index")], tmp_path, capsys)
+    assert rc == 1, out + err
+    assert [c["result"] for c in rep["cuts"]] == ["raised", "raised"]  # cuts at 200 and 400 bars: no bar 400
+    assert rep["first_difference"]["bar"] is None and "__init__" in rep["first_difference"]["field"]
+    assert "LOOKAHEAD" in out and "while the strategy was set up (__init__)" in out
+
+
 def test_one_process_gives_the_same_verdict(plain_csv, tmp_path, capsys):
     path, _ = plain_csv
     a = run_check(["--data", str(path), "--strategy", own("forward_column"), "--jobs", "1"], tmp_path / "a", capsys)
