@@ -5,7 +5,8 @@ model and broker), plus the options of the check itself. The work is in
 :mod:`fastrader.lookahead`; this module parses options and prints.
 
 Exit codes: 0 no lookahead found; 1 lookahead (the first differing bar and
-field are named); 2 bad input (one ``error:`` line); 3 the strategy is not
+field are named); 2 bad input, or a strategy that raises in the full run
+(one ``error:`` line); 3 the strategy is not
 deterministic (two full runs differ), so lookahead cannot be judged.
 """
 
@@ -24,13 +25,11 @@ EPILOG = """examples:
   python -m fastrader.check --data my_candles.csv --recompute-signals
 
 exit codes: 0 no lookahead, 1 lookahead (first differing bar and field named),
-2 bad input, 3 not deterministic (two full runs differ; nothing is judged).
+2 bad input or a strategy that fails in the full run, 3 not deterministic (two
+full runs differ; nothing is judged).
 Output options of run (--out, --reports-dir, --no-tearsheet) are accepted and
 ignored: the check writes no report, only --json.
 """
-
-_OWN = ("cuts", "json", "jobs", "recompute_signals", "model_atol")
-
 
 def _add_own(p: argparse.ArgumentParser, group: bool = True) -> None:
     g = p.add_argument_group("lookahead check") if group else p
