@@ -644,7 +644,7 @@ class _Syncer:
             path = self._queue.get()
             try:
                 try:
-                    fd = os.open(path, os.O_RDONLY)
+                    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows fsyncs writable fds only
                 except FileNotFoundError:
                     continue  # already folded into a base by a compaction (which synced that)
                 try:

@@ -204,11 +204,12 @@ def download_candles(
             _check_since_is_honoured(exchange, symbol, timeframe, cursor, raw_page, fetch)
         keep = (raw_page[:, 0] >= cursor) & (raw_page[:, 0] < end)
         page = raw_page[keep]
-        if len(page):
+        if len(page) > 1 and not (page[1:, 0] > page[:-1, 0]).all():
             # Sorted, one row per timestamp, the last version of a repeated one.
             page = page[np.argsort(page[:, 0], kind="stable")]
             last_of_each = np.r_[page[1:, 0] != page[:-1, 0], True]
             page = page[last_of_each]
+        if len(page):
             _check_values(page, exchange, symbol, timeframe)
             pages.append(page)
         # Candles are at least one timeframe apart, so once one opens within a
