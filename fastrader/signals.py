@@ -67,6 +67,21 @@ class SignalModel:
         s[~valid] = np.nan
         return s
 
+    def precompute_from(self, df: pd.DataFrame, first: int) -> np.ndarray:
+        """Signals of bars ``first..`` only (NaN before): features over all bars, the model over the tail.
+
+        Equal to ``precompute(df)[first:]`` (the model pass starts
+        ``receptive_field - 1`` bars before ``first``); for scoring a short
+        out-of-sample segment at the end of a long history.
+        """
+        first = max(0, int(first))
+        z = self.features(df)
+        lo = max(0, first - (self.receptive_field - 1))
+        out = np.full(len(df), np.nan)
+        if first < len(df):
+            out[first:] = self._scores(z[lo:])[first - lo :]
+        return out
+
     def precompute(self, df: pd.DataFrame, chunk: int | None = None) -> np.ndarray:
         """One causal pass over all bars: a signal per bar (NaN during warm-up).
 

@@ -93,7 +93,8 @@ def ModelDefaults():
     return ModelConfig(n_features=1)
 
 
-def _read_toml(path: str) -> dict:
+def _read_toml(path: str, extra=frozenset()) -> dict:
+    """Options of a TOML file, keys with underscores; ``extra``: further keys a caller accepts."""
     import tomllib
 
     try:
@@ -111,15 +112,18 @@ def _read_toml(path: str) -> dict:
         else:
             out[k.replace("-", "_")] = v
     known = set(_RUN_OPTS) | set(_MODEL_OPTS) | set(_MODEL_OPTS.values()) | {"data", "out", "resume", "no_progress"}
+    known |= set(extra)
     bad = sorted(set(out) - known)
     if bad:
         raise ConfigError(f"config {path}: unknown option(s) {', '.join(bad)}")
     return out
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
-    """TrainConfig from parsed flags over an optional TOML file; also returns data/out/resume."""
-    file = _read_toml(args.config) if args.config else {}
+def config_from_args(args: argparse.Namespace, file: dict | None = None) -> tuple[TrainConfig, dict]:
+    """TrainConfig from parsed flags over a TOML file's options (read from ``args.config``
+    unless given); also returns data/out/resume."""
+    if file is None:
+        file = _read_toml(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if v is not None}
 
     def pick(name):
