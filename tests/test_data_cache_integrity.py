@@ -278,3 +278,29 @@ def test_a_short_last_segment_reads_as_never_written_and_a_short_middle_one_is_d
         middle.write_bytes(middle.read_bytes()[:700])
         with pytest.raises(CacheError, match="corrupt"):
             store.read(key)
+
+
+def test_segments_left_by_a_killed_compaction_are_ignored_then_removed(tmp_path):
+    frame = _walk(3000, seed=12)
+    ts = frame["timestamp"].to_numpy()
+    key = cache_key("binance", "BTC/USDT", "1h", "http://127.0.0.1:9")
+    store = ParquetStore(tmp_path)
+    entry = CacheEntry(key)
+    for lo in (0, 1000, 2000):
+        store.append(entry, frame.iloc[lo : lo + 1000], (int(ts[lo]), int(ts[min(lo + 1000, len(ts) - 1)])))
+    store.flush(entry)
+    old_segments = {p: p.read_bytes() for p in store.segment_paths(key)}
+    store.compact(entry)
+    # A revision of 100 candles, folded in too: the base now holds newer prices than the old segments.
+    revised = frame.iloc[500:600].copy()
+    revised["close"] = revised["low"] + (revised["high"] - revised["low"]) / 3
+    store.append(entry, revised, None)
+    store.compact(entry)
+    expected = _pandas_reference([frame, revised])
+    # As if a compaction had been killed after its rename but before deleting what it folded.
+    for path, data in old_segments.items():
+        path.write_bytes(data)
+    pd.testing.assert_frame_equal(store.read(key).candles, expected, check_exact=True)
+    store.compact(store.read(key))
+    assert store.segment_paths(key) == []
+    pd.testing.assert_frame_equal(store.read(key).candles, expected, check_exact=True)

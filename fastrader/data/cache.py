@@ -420,7 +420,7 @@ class ParquetStore:
     # -- writing ---------------------------------------------------------------
 
     def append(self, entry: CacheEntry, candles: pd.DataFrame, covered: Interval | None) -> None:
-        """Add one page and commit it as a segment; compact when the segments have grown."""
+        """Add one page and commit it as a segment (O(page): nothing else is read or rewritten)."""
         part = entry.add(candles, covered)
         if part is None and (covered is None or covered[1] <= covered[0]):
             return
@@ -480,10 +480,12 @@ class ParquetStore:
         # No dictionary encoding: prices rarely repeat, and trying it costs 20x the write.
         pq.write_table(table, sink, use_dictionary=False)
         self._atomic_write(self.base_path(entry.key), [sink.getvalue().to_pybytes()], sync_dir=True)
-        # The new base is the commit point; the segments it folded are now garbage.
-        for seq in entry.segments:
-            with contextlib.suppress(OSError):
-                os.unlink(self.segment_path(entry.key, seq))
+        # The new base is the commit point; the segments it folded (and any a killed
+        # compaction left behind) are now garbage.
+        for seq, path in _segments(self.path(entry.key)):
+            if seq <= through:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         entry.through, entry.segments, entry.segment_rows, entry.base_rows = through, [], 0, len(candles)
 
     compact = write
