@@ -206,3 +206,48 @@ def test_heatmap_table_and_example_config(tmp_path, pool):
     assert (tmp_path / "out" / "best" / "tearsheet.html").stat().st_size > 10_000
     ex = load_spec(ROOT / "examples" / "sweep.toml")
     assert len(grid_points(ex.space)) == 48
+
+
+def test_optuna_search_and_resume_through_the_cli(tmp_path, capsys):
+    pytest.importorskip("optuna", reason="the optuna extra is not installed")
+    data, strats = write_inputs(tmp_path / "in", n=600)
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(_toml({"sweep": {"backend": "local", "workers": 2, "search": "optuna", "trials": 6, "seed": 1,
+                                    "tearsheet": False, "out": str(tmp_path / "o")},
+                          "run": {"data": str(data), "strategy": f"{strats}:Coin"},
+                          "space": {"params.seed": {"low": 0, "high": 1000, "int": True},
+                                    "params.p_flip": {"low": 0.01, "high": 0.2, "log": True}}}))
+    assert main(["--config", str(cfg), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep" in out and "(6 ran, 0 already done, 0 failed)" in out and "best by sharpe (max):" in out
+    t = pd.read_csv(tmp_path / "o" / "table.csv")
+    assert len(t) == 6 and t["params.p_flip"].between(0.01, 0.2).all()
+    assert main(["--config", str(cfg), "--no-progress"]) == 0  # resumed: the 6 recorded trials count
+    assert "(0 ran, 6 already done, 0 failed)" in capsys.readouterr().out
+
+
+def test_walkforward_trials(tmp_path, pool):
+    # kind = "walkforward": each group trains its models fold by fold (fastrader.model.walkforward),
+    # then every strategy param on top backtests the stitched out-of-sample signals of that group.
+    data, _ = write_inputs(tmp_path / "in", n=1100)
+    tiny = {"d_model": 16, "n_heads": 2, "n_layers": 1, "dilations": [1], "d_ff": 16, "window": 16}
+    spec = spec_from_dict({
+        "sweep": {"kind": "walkforward", "backend": "local", "progress": False, "tearsheet": False,
+                  "out": str(tmp_path / "o")},
+        "run": {"data": str(data), "strategy": "model"},
+        "walkforward": {"train_bars": 400, "step_bars": 300, "folds": 2, "steps": 4, "eval_every": 2, "seq_len": 64,
+                        "batch_size": 4, "horizon": 6, "vol_window": 24, "model": tiny},
+        "space": {"walkforward.train_bars": [300, 400], "threshold": [0.5, 1.0]},
+    })
+    res = run_sweep(spec, echo=quiet, backend=pool)
+    t = res.table
+    assert res.failed == 0, t["error"].tolist()
+    assert len(t) == 4 and t["n_trades"].sum() > 0
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "o" / "trials").glob("*.json")]
+    assert all(r["metrics"]["wf_folds"] == 2 and -1 <= r["metrics"]["wf_oos_ic"] <= 1 for r in recs)
+    by_window = {}
+    for r in recs:  # one walk-forward per window, shared by both thresholds
+        by_window.setdefault(r["options"]["walkforward"]["train_bars"], set()).add(r["group"])
+    assert {k: len(v) for k, v in by_window.items()} == {300: 1, 400: 1}
+    # the backtest starts where the out-of-sample signals start: after the first fit window + embargo
+    assert sorted(set(t["bars"])) == [1100 - 400 - 6, 1100 - 300 - 6], sorted(set(t["bars"]))

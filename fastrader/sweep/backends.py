@@ -22,11 +22,14 @@ import contextlib
 import multiprocessing as mp
 import os
 import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from ..errors import ConfigError
 from . import trial as T
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _failed(error: str) -> dict:
@@ -74,6 +77,12 @@ class LocalBackend:
         self.trials = {}  # future -> tid
 
     def start(self, echo=print) -> None:
+        # Workers inherit their thread counts from the environment at spawn, before numpy or torch
+        # load: idle OpenBLAS threads would otherwise spin on the cores the other trials run on.
+        # (Ray does the same for its workers.) Kept while the pool lives: it spawns workers on demand.
+        self._saved_env = {k: os.environ.get(k) for k in THREAD_VARS}
+        for k in THREAD_VARS:
+            os.environ[k] = str(self.threads)
         self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                         initargs=(self.threads, True))
         self.where = f"local: process pool of {self.workers} workers on this machine"
@@ -95,7 +104,12 @@ class LocalBackend:
 
     def submit_trial(self, tid, options, key) -> None:
         if key in self.ready:
-            self.trials[self.pool.submit(T.run_trial_from_file, options, self.ready[key])] = tid
+            try:
+                fut = self.pool.submit(T.run_trial_from_file, options, self.ready[key])
+            except Exception as exc:  # a broken pool: the trial is recorded as failed, the sweep goes on
+                fut = Future()
+                fut.set_exception(exc)
+            self.trials[fut] = tid
         else:
             self.waiting[key].append((tid, options))
 
@@ -136,6 +150,11 @@ class LocalBackend:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+            for k, v in self._saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def _import_ray():
@@ -178,6 +197,7 @@ def start_local_ray(workers: int | None, gpus: float | None = None):
     """
     with loopback_env() as ray:
         ctx = ray.init(
+            address="local",  # a new runtime: never join a cluster found through RAY_ADDRESS or `ray start`
             num_cpus=workers or os.cpu_count() or 1,
             include_dashboard=False,
             dashboard_host="127.0.0.1",

@@ -18,14 +18,16 @@ from .space import Dimension, parse_dimension
 
 SEARCHES = ("grid", "random", "optuna")
 BACKENDS = ("ray", "local")
-KINDS = ("backtest",)
+KINDS = ("backtest", "walkforward")
 
 
 @dataclass
 class SweepSpec:
     run: dict = field(default_factory=dict)  # RunConfig options shared by every trial (snake_case keys)
+    walkforward: dict = field(default_factory=dict)  # kind = "walkforward": WalkForwardConfig + TrainConfig options
     space: list[Dimension] = field(default_factory=list)
     name: str = "sweep"
+    kind: str = "backtest"  # or "walkforward": each group trains its models walk-forward, then backtests
     search: str = "grid"
     trials: int | None = None  # random / optuna: how many points
     seed: int = 0
@@ -49,6 +51,10 @@ class SweepSpec:
         return Path(self.out) if self.out else Path("sweeps") / self.name
 
     def check(self) -> "SweepSpec":
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind != "walkforward" and (self.walkforward or any(k.startswith("walkforward.") for k in self.keys)):
+            raise ConfigError("[walkforward] options and walkforward.* keys need kind = 'walkforward' in [sweep]")
         if self.search not in SEARCHES:
             raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
         if self.backend not in BACKENDS:
@@ -80,6 +86,8 @@ class SweepSpec:
 
 def normalize_key(key: str) -> str:
     """``slippage-bps`` -> ``slippage_bps``; ``params.x`` keeps its param name as written."""
+    if key.startswith("walkforward."):
+        return key.replace("-", "_")
     if key.startswith("params."):
         name = key[len("params."):]
         if not name:
@@ -105,7 +113,7 @@ def check_space_values(dim: Dimension) -> None:
     """A swept run option's values must have that option's type (params are checked per strategy later)."""
     from ..run import _KEYS, _check_type
 
-    if dim.key.startswith("params."):
+    if dim.key.startswith(("params.", "walkforward.")):
         return
     if dim.key not in _KEYS:
         raise ConfigError(f"space: unknown option {dim.key!r} (any `python -m fastrader.run` option, or params.NAME)")
@@ -119,9 +127,10 @@ _SWEEP_KEYS = {f.name for f in fields(SweepSpec)} - {"run", "space"}
 
 
 def spec_from_dict(raw: dict, where: str = "sweep config") -> SweepSpec:
-    unknown = set(raw) - {"sweep", "run", "space"}
+    unknown = set(raw) - {"sweep", "run", "space", "walkforward"}
     if unknown:
-        raise ConfigError(f"{where}: unknown table(s) {', '.join(sorted(unknown))} (expected [sweep], [run], [space])")
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(sorted(unknown))} "
+                          "(expected [sweep], [run], [space], [walkforward])")
     kw = {}
     for k, v in (raw.get("sweep") or {}).items():
         key = k.replace("-", "_")
@@ -142,7 +151,8 @@ def spec_from_dict(raw: dict, where: str = "sweep config") -> SweepSpec:
             raise ConfigError(f"{where}: space key {d.key!r} given twice")
         seen.add(d.key)
         check_space_values(d)
-    return SweepSpec(run=run, space=dims, **kw)
+    wf = {k.replace("-", "_"): v for k, v in (raw.get("walkforward") or {}).items()}
+    return SweepSpec(run=run, space=dims, walkforward=wf, **kw)
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -42,7 +42,7 @@ class SweepResult:
 
 
 def _trial_spec(spec: SweepSpec, point: dict, phase: str = "in_sample") -> TrialSpec:
-    opts = T.resolve_options(spec.run, point)
+    opts = T.resolve_options(spec.run, point, spec.walkforward if spec.kind == "walkforward" else None)
     return TrialSpec(T.trial_id(opts, phase, spec.holdout), point, opts, phase)
 
 

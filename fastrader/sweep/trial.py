@@ -70,16 +70,25 @@ def resolve_strategy_name(name: str) -> str:
     return name
 
 
-def resolve_options(base: dict, point: dict) -> dict:
+def resolve_options(base: dict, point: dict, walkforward: dict | None = None) -> dict:
     """Base options plus one point of the space -> a full, typed RunConfig dict."""
     from ..params import convert_params
     from ..registry import resolve_strategy
 
     opts = dict(base)
     params = dict(base.get("params") or {})
+    wf = None if walkforward is None else {**walkforward, "model": dict(walkforward.get("model") or {})}
     for k, v in point.items():
         if k.startswith("params."):
             params[k[len("params."):]] = v
+        elif k.startswith("walkforward."):
+            if wf is None:
+                raise ConfigError(f"space key {k!r} needs kind = 'walkforward' in [sweep]")
+            name = k[len("walkforward."):]
+            if name.startswith("model."):
+                wf["model"][name[len("model."):]] = v
+            else:
+                wf[name] = v
         else:
             opts[k] = v
     opts["params"] = params
@@ -100,7 +109,54 @@ def resolve_options(base: dict, point: dict) -> dict:
         convert_params(cls, {"threshold": d["threshold"]})
     for k in NOT_IDENTITY:
         d.pop(k)
+    if wf is not None:
+        if d["model"] or d["signals"]:
+            raise ConfigError("a walk-forward trial trains its own models: drop model / signals from [run]")
+        walkforward_configs(wf)  # bad names or values fail before the sweep starts
+        d["walkforward"] = wf
     return d
+
+
+WF_ONLY = ("workers", "train")  # set by the trial itself
+
+
+def walkforward_configs(wf: dict):
+    """[walkforward] options -> fastrader.model.walkforward.WalkForwardConfig (its TrainConfig inside)."""
+    try:
+        from ..model.walkforward import WalkForwardConfig
+        from ..model.train import TrainConfig
+    except ImportError as exc:
+        raise ConfigError(f"walk-forward trials need fastrader.model.walkforward ({exc})") from None
+    wf_keys = {f.name for f in fields(WalkForwardConfig)} - set(WF_ONLY)
+    tr_keys = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(wf) - wf_keys - tr_keys)
+    if bad:
+        raise ConfigError(f"unknown walk-forward option(s) {', '.join(bad)}; known: {', '.join(sorted(wf_keys | tr_keys))}")
+    tr = {"train_frac": 0.8, "val_frac": 0.2, **{k: v for k, v in wf.items() if k in tr_keys}}
+    try:
+        cfg = WalkForwardConfig(train=TrainConfig(**tr), workers=1, **{k: v for k, v in wf.items() if k in wf_keys})
+        cfg.check()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"walk-forward options: {exc}") from None
+    return cfg
+
+
+def walkforward_signals(opts: dict, wf: dict) -> tuple[str, dict]:
+    """Train every fold, write the stitched out-of-sample signals to a temporary file; (path, OOS metrics)."""
+    import tempfile
+
+    from ..model.walkforward import walk_forward
+    from ..pipeline import load_data
+
+    cfg = walkforward_configs(wf)
+    df, _ = load_data(RunConfig(**opts, progress=False))
+    res = walk_forward(df, cfg, progress=False)
+    fd, path = tempfile.mkstemp(prefix="fastrader-wf-", suffix=".csv")
+    os.close(fd)
+    res.signals.to_csv(path, index=False)
+    extra = {"wf_oos_ic": res.overall.get("ic"), "wf_oos_rank_ic": res.overall.get("rank_ic"),
+             "wf_oos_dir_acc": res.overall.get("dir_acc"), "wf_folds": int(len(res.folds))}
+    return path, extra
 
 
 def trial_id(options: dict, phase: str = "in_sample", holdout: str | None = None, kind: str = "backtest") -> str:
@@ -133,6 +189,7 @@ class Shared:
     warnings: list = field(default_factory=list)
     error: str | None = None
     timeframe: str | None = None
+    extra: dict = field(default_factory=dict)  # metrics of the group's own making (walk-forward OOS IC)
 
 
 def _holdout_index(candles: pd.DataFrame, holdout: str) -> int:
@@ -154,8 +211,16 @@ def prepare_shared(sopts: dict, phase: str = "in_sample", holdout: str | None = 
     key = short_hash({"shared": sopts, "phase": phase, "holdout": holdout})
     try:
         opts = {k: v for k, v in sopts.items() if k in RUN_FIELDS}
+        extra, tmp = {}, None
+        if sopts.get("walkforward") is not None:  # the group's signals come from its own walk-forward
+            tmp, extra = walkforward_signals(opts, sopts["walkforward"])
+            opts["signals"] = tmp
         cfg = RunConfig(**opts, progress=False, tearsheet=False)
-        prep = prepare(cfg)
+        try:
+            prep = prepare(cfg)
+        finally:
+            if tmp:
+                os.unlink(tmp)
         if len(getattr(prep, "markets", ())) > 1:
             raise ConfigError("a sweep trial backtests one market; portfolios (several --data/--symbol) are not swept yet")
         candles, signal, start = prep.candles, prep.signal, prep.start
@@ -175,7 +240,8 @@ def prepare_shared(sopts: dict, phase: str = "in_sample", holdout: str | None = 
             r = training_range(prep.model.ckpt.train, prep.candles["timestamp"].to_numpy())
             rng = None if r is None else (r[0], r[2])
         return Shared(key, candles, signal, start, rng, prep.source, prep.name, prep.is_model, prep.streaming,
-                      prep.signal_seconds, list(prep.notes), list(prep.warnings), timeframe=getattr(prep, "timeframe", None))
+                      prep.signal_seconds, list(prep.notes), list(prep.warnings), timeframe=getattr(prep, "timeframe", None),
+                      extra=extra)
     except Exception as exc:  # recorded on every trial of the group
         return Shared(key, error=_describe(exc))
 
@@ -210,6 +276,8 @@ def build_prepared(options: dict, shared: Shared):
     from ..registry import resolve_strategy
 
     cfg = RunConfig(**{k: v for k, v in options.items() if k in RUN_FIELDS}, progress=False, tearsheet=False)
+    if options.get("walkforward") is not None:
+        cfg.signals = "walk-forward"  # what the report records: the signals were not the shipped model's
     cls = resolve_strategy(cfg.strategy)
     warns = list(shared.warnings) + check_broker_options(cfg)
     params = strategy_params(cls, cfg)
@@ -262,7 +330,7 @@ def run_trial(options: dict, shared: Shared) -> dict:
         prep = build_prepared(options, shared)
         result = backtest(prep)
         returns, metrics = run_metrics(prep, result)
-        rec["metrics"] = _plain_metrics(metrics)
+        rec["metrics"] = _plain_metrics({**metrics, **shared.extra})
         rec["returns"] = {"day_ms": [int(x) for x in returns.index.asi8 // 1_000_000],
                           "r": [float(x) for x in returns.to_numpy()]}
         w = order_warning(result.order_counts)
