@@ -214,6 +214,7 @@ def test_segments_and_their_compaction_give_the_same_candles(tmp_path):
     pd.testing.assert_frame_equal(from_segments.candles, reference, check_exact=True)
 
     store.compact(from_segments)
+    store.settle()
     assert store.segment_paths(key) == [] and store.base_path(key).exists()
     from_base = store.read(key)
     pd.testing.assert_frame_equal(from_base.candles, reference, check_exact=True)
@@ -301,6 +302,8 @@ def test_segments_left_by_a_killed_compaction_are_ignored_then_removed(tmp_path)
     for path, data in old_segments.items():
         path.write_bytes(data)
     pd.testing.assert_frame_equal(store.read(key).candles, expected, check_exact=True)
+    assert store.segment_paths(key) == []  # none of them is live
     store.compact(store.read(key))
-    assert store.segment_paths(key) == []
+    store.settle()  # folded segments are deleted on a helper thread
+    assert not list(store.path(key).glob("seg-*.bin"))
     pd.testing.assert_frame_equal(store.read(key).candles, expected, check_exact=True)

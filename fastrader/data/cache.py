@@ -301,6 +301,7 @@ class ParquetStore:
         self.max_segments = max_segments
         self.durable = durable
         self._sync: _Syncer | None = None
+        self._delete: _Syncer | None = None
         self._made: set[Path] = set()  # directories this store created (or found), so a page costs no mkdir
 
     def path(self, key: CacheKey) -> Path:
@@ -315,8 +316,21 @@ class ParquetStore:
         return self.path(key) / f"seg-{seq:09d}.bin"
 
     def segment_paths(self, key: CacheKey) -> list[Path]:
-        """The key's live segments, oldest first."""
-        return [p for _, p in _segments(self.path(key))]
+        """The key's live segments (not yet folded into the base), oldest first."""
+        through = self._base_through(key)
+        return [p for seq, p in _segments(self.path(key)) if seq > through]
+
+    def _base_through(self, key: CacheKey) -> int:
+        """The last segment the base holds, from its footer alone (0 without a readable base)."""
+        base = self.base_path(key)
+        if not base.exists():
+            return 0
+        import pyarrow.parquet as pq
+
+        try:
+            return int(json.loads((pq.read_schema(base).metadata or {})[_META_KEY])["through"])
+        except Exception:
+            return 0  # a bad base is the reader's to report
 
     def legacy_path(self, key: CacheKey) -> Path:
         """Where fastrader's format 1 kept the key (one Parquet file, no namespaces)."""
@@ -476,16 +490,16 @@ class ParquetStore:
         }
         table = pa.Table.from_pandas(candles, preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
-        sink = pa.BufferOutputStream()
-        # No dictionary encoding: prices rarely repeat, and trying it costs 20x the write.
-        pq.write_table(table, sink, use_dictionary=False)
-        self._atomic_write(self.base_path(entry.key), [sink.getvalue().to_pybytes()], sync_dir=True)
+
+        def write_parquet(fh) -> None:
+            # No dictionary encoding: prices rarely repeat, and trying it costs 20x the write.
+            # Timestamps a timeframe apart delta-encode to almost nothing.
+            pq.write_table(table, fh, use_dictionary=False, column_encoding={"timestamp": "DELTA_BINARY_PACKED"})
+
+        self._atomic_write(self.base_path(entry.key), write_parquet, sync_dir=True)
         # The new base is the commit point; the segments it folded (and any a killed
-        # compaction left behind) are now garbage.
-        for seq, path in _segments(self.path(entry.key)):
-            if seq <= through:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        # compaction left behind) are now garbage, deleted off the caller's path.
+        self._remove_folded(entry.key, through)
         entry.through, entry.segments, entry.segment_rows, entry.base_rows = through, [], 0, len(candles)
 
     compact = write
@@ -494,10 +508,22 @@ class ParquetStore:
         """Wait until every segment written is on disk, with its name (one call per download)."""
         self._drain()
 
+    def settle(self) -> None:
+        """Wait for all disk work left to the helper threads (syncs, and deletions of folded segments)."""
+        self._drain()
+        if self._delete is not None:
+            self._delete.drain()
+
     def _syncer(self) -> "_Syncer":
         if self._sync is None:
             self._sync = _Syncer()
         return self._sync
+
+    def _deleter(self) -> "_Syncer":
+        # A queue of its own, so that waiting for the syncs never waits for deletions.
+        if self._delete is None:
+            self._delete = _Syncer()
+        return self._delete
 
     def _drain(self) -> None:
         if self._sync is not None:
@@ -514,12 +540,25 @@ class ParquetStore:
         self._made.add(directory)
         return directory
 
-    def _atomic_write(self, path: Path, chunks: list[bytes], *, sync_dir: bool, sync: bool = True) -> None:
+    def _remove_folded(self, key: CacheKey, through: int) -> None:
+        for seq, path in _segments(self.path(key)):
+            if seq <= through:
+                if self.durable:
+                    self._deleter().submit(path, "unlink")
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+
+    def _atomic_write(self, path: Path, chunks, *, sync_dir: bool, sync: bool = True) -> None:
+        """Write ``chunks`` (bytes, or a function writing to a file object) to ``path`` atomically."""
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
+                if callable(chunks):
+                    chunks(fh)
+                else:
+                    for chunk in chunks:
+                        fh.write(chunk)
                 fh.flush()
                 if self.durable and sync:
                     os.fsync(fh.fileno())
@@ -558,12 +597,26 @@ class ParquetStore:
                 for stale in path.glob(".*.tmp"):
                     with contextlib.suppress(OSError):
                         stale.unlink()
+                self._collect_folded(key)
             yield
         finally:
             fh.close()
 
+    def _collect_folded(self, key: CacheKey) -> None:
+        """Delete segments the base already holds (a process that exited before deleting them)."""
+        if self._delete is not None:
+            self._delete.drain()
+        segments = _segments(self.path(key))
+        if not segments:
+            return
+        through = self._base_through(key)
+        for seq, path in segments:
+            if seq <= through:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
     def quarantine(self, key: CacheKey) -> Path | None:
-        self._drain()
+        self.settle()
         self._made.discard(self.path(key))
         moved = None
         for path in (self.legacy_path(key), self.path(key)):
@@ -613,38 +666,53 @@ class ParquetStore:
 
 
 class _Syncer:
-    """fsyncs written segments (then their directory) on one helper thread, in order.
+    """One helper thread for the disk work a download need not wait for, in order.
 
-    fsync waits on the disk, not the CPU, and releases the GIL, so the
-    download's next request runs meanwhile. At most the pages of the last
-    moment can be in this queue; a power cut then leaves them short at worst,
-    and a short segment at the end of the sequence is read as not written.
+    It fsyncs written segments (then their directory) and deletes segments
+    a compaction has folded into the base. Both wait on the disk, not the
+    CPU, and release the GIL, so the download's next request runs meanwhile.
+    At most the pages of the last moment wait here to be synced; a power cut
+    then leaves them short at worst, and a short segment at the end of the
+    sequence is read as not written. A folded segment not yet deleted is
+    ignored by readers (its number is at or below the base's ``through``) and
+    removed by the next lock of its key; the queue is also drained at exit.
     """
 
     def __init__(self):
+        import atexit
         import queue
         import threading
 
-        self._queue: "queue.Queue[Path]" = queue.Queue()
+        self._queue: "queue.Queue[tuple[str, Path]]" = queue.Queue()
         self._error: BaseException | None = None
-        threading.Thread(target=self._run, name="fastrader-cache-fsync", daemon=True).start()
+        threading.Thread(target=self._run, name="fastrader-cache-disk", daemon=True).start()
+        atexit.register(self._drain_quietly)
 
-    def submit(self, path: Path) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise CacheError(f"cannot write cache segment: {_short(error)}")
-        self._queue.put(path)
+    def submit(self, path: Path, action: str = "sync") -> None:
+        self._raise_pending()
+        self._queue.put((action, path))
 
     def drain(self) -> None:
         self._queue.join()
+        self._raise_pending()
+
+    def _drain_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self._queue.join()
+
+    def _raise_pending(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise CacheError(f"cannot write cache segment: {_short(error)}")
 
     def _run(self) -> None:
         while True:
-            path = self._queue.get()
+            action, path = self._queue.get()
             try:
+                if action == "unlink":
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    continue
                 try:
                     fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows fsyncs writable fds only
                 except FileNotFoundError:
