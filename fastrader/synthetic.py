@@ -52,10 +52,10 @@ class MarketParams:
     volume_slope: float = 0.35
     volume_noise: float = 0.35
     # A planted, exactly known edge (off by default): the return of bar t gets
-    # sqrt(plant_snr) * sigma_t * z_{t - plant_lag}, where z is the unit-variance
-    # innovation of bar t - plant_lag (visible in that bar's return) and sigma_t
-    # the bar's volatility. plant_snr is the variance of the planted part over
-    # that of the innovation, so the best achievable IC is known (see oracle_forecast).
+    # sqrt(plant_snr) * eps_{t - plant_lag}, where eps is the random innovation
+    # of bar t - plant_lag (visible in that bar's return). plant_snr is the
+    # variance of the planted part over that of the innovation, so the best
+    # achievable IC on 1-bar returns is about sqrt(snr / (1 + snr)); see oracle_forecast.
     plant_snr: float = 0.0
     plant_lag: int = 1
 
@@ -89,6 +89,7 @@ def generate(params: MarketParams = MarketParams(), seed: int = 1, return_plante
     var = np.empty(n)
     r = np.empty(n)
     planted = np.zeros(n)
+    innov = np.zeros(n)
     load, lag = float(np.sqrt(params.plant_snr)), int(params.plant_lag)
     long_run = params.omega / (1.0 - params.alpha - params.beta)
     v, prev_eps, prev_r = long_run, 0.0, 0.0
@@ -97,9 +98,11 @@ def generate(params: MarketParams = MarketParams(), seed: int = 1, return_plante
         var[i] = v
         eps = np.sqrt(v) * intraday[i] * z[i]
         r[i] = params.drift * regime[i] + params.ar1 * prev_r + eps
-        if load and i >= lag:  # only when planting: the plain market stays bit for bit what it was
-            planted[i] = load * np.sqrt(v) * intraday[i] * z[i - lag]
-            r[i] += planted[i]
+        if load:  # only when planting: the plain market stays bit for bit what it was
+            innov[i] = eps
+            if i >= lag:
+                planted[i] = load * innov[i - lag]
+                r[i] += planted[i]
         prev_eps, prev_r = eps, r[i]
 
     close = params.price0 * np.exp(np.cumsum(r))
