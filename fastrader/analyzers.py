@@ -26,18 +26,27 @@ class EquityRecorder(bt.Analyzer):
     """Broker value (cash + positions marked to close) and cash after every bar.
 
     With several traded datas (a portfolio) it also records each one's
-    position and the close it is marked at, at every step of Backtrader's
-    common clock: a symbol with no bar at that time keeps its last close,
-    as the broker's valuation does. Coarse context feeds (``fr_context``) are
-    not traded and not recorded.
+    position at every step of Backtrader's common clock (a fresh snapshot only
+    after a fill or a liquidation: positions change at no other time); the
+    marks are the symbols' last closes, as the broker's valuation uses, and
+    :func:`fastrader.backtest.run_backtest` adds them from the candles. Coarse
+    context feeds (``fr_context``) are not traded and not recorded.
     """
 
     def start(self):
         self.rows: list[tuple[float, float, float, float]] = []  # (dt, value, cash, position of data0)
-        self.holdings: list[tuple] = []  # per row: positions..., closes... of the traded datas (portfolios)
+        self.holdings: list[tuple] = []  # per row: the traded datas' positions (portfolios)
         self.datas_traded = [d for d in self.strategy.datas if not getattr(d, "fr_context", False)]
         self._multi = len(self.datas_traded) > 1
+        self._context = len(self.datas_traded) < len(self.strategy.datas)
         self._last_dt = None
+        self._pos = tuple(0.0 for _ in self.datas_traded)
+        self._dirty = False
+        self._liqs = 0
+
+    def notify_order(self, order):
+        if order.executed.size:
+            self._dirty = True
 
     def next(self):
         s = self.strategy
@@ -51,13 +60,19 @@ class EquityRecorder(bt.Analyzer):
             self._last_dt = dt
             self.rows.append((dt, b.getvalue(), b.getcash(), s.getposition(d).size))
             return
-        dt = max(d.datetime[0] for d in ds if len(d))
-        if dt == self._last_dt:
-            return
+        if self._context:  # the common clock also ticks for the coarse feeds: stamp by the traded datas
+            dt = max(d.datetime[0] for d in ds if len(d))
+            if dt == self._last_dt:
+                return
+        else:
+            dt = s.datetime[0]  # Backtrader's common clock: the step's time
         self._last_dt = dt
-        pos = [s.getposition(d).size for d in ds]
-        self.rows.append((dt, b.getvalue(), b.getcash(), pos[0]))
-        self.holdings.append(tuple(pos) + tuple(d.close[0] if len(d) else float("nan") for d in ds))
+        liqs = len(getattr(b, "liquidations", ()))
+        if self._dirty or liqs != self._liqs:
+            self._pos = tuple(s.getposition(d).size for d in ds)
+            self._dirty, self._liqs = False, liqs
+        self.rows.append((dt, b.getvalue(), b.getcash(), self._pos[0]))
+        self.holdings.append(self._pos)
 
     def get_analysis(self):
         return self.rows

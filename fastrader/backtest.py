@@ -136,11 +136,17 @@ def _holdings(equity: pd.DataFrame, frames: dict, rows: list) -> pd.DataFrame:
         close = pd.Series(f["close"].to_numpy(np.float64), index=f["timestamp"].to_numpy())
         return pd.DataFrame({"timestamp": equity["timestamp"], "symbol": names[0], "position": equity["position"],
                              "close": close.reindex(equity["timestamp"].to_numpy()).to_numpy()})
-    h = np.array(rows, dtype=np.float64).reshape(-1, 2 * len(names))
     n = len(names)
+    h = np.array(rows, dtype=np.float64).reshape(-1, n)
+    ts = equity["timestamp"].to_numpy()
+    marks = np.empty((len(ts), n))
+    for j, f in enumerate(frames.values()):  # the broker's mark: the symbol's last close at or before the step
+        t = f["timestamp"].to_numpy()
+        k = np.searchsorted(t, ts, side="right") - 1
+        marks[:, j] = np.where(k >= 0, f["close"].to_numpy(np.float64)[np.maximum(k, 0)], np.nan)
     return pd.DataFrame({
-        "timestamp": np.repeat(equity["timestamp"].to_numpy(), n),
+        "timestamp": np.repeat(ts, n),
         "symbol": np.tile(np.asarray(names, dtype=object), len(h)),
-        "position": h[:, :n].reshape(-1),
-        "close": h[:, n:].reshape(-1),
+        "position": h.reshape(-1),
+        "close": marks.reshape(-1),
     })

@@ -123,6 +123,10 @@ class ModelStrategy(bt.Strategy):
         self._leg_of: dict[int, Leg] = {}  # order ref -> leg, for the orders in flight and live exits
         self._stops = bool(self.p.stop_loss or self.p.take_profit or self.p.trail_stop)
         self._needs_vol = self.p.sizing == "vol_target" or (len(self.legs) > 1 and self.p.weighting == "risk")
+        self._plain = (self.p.sizing == "fixed" and (self.p.weighting == "equal" or len(self.legs) == 1)
+                       and not (self.p.max_leverage or self.p.gross_cap or self.p.net_cap)
+                       and type(self).size is ModelStrategy.size)
+        self._fast = self._plain and not self._stops and type(self).target is ModelStrategy.target
 
     @property
     def _current_target(self) -> float:
@@ -188,7 +192,7 @@ class ModelStrategy(bt.Strategy):
 
     def _observe(self, leg: "Leg") -> bool:
         """Read the leg's new bar; False when its data has no bar at this time (nothing new, nothing filled in)."""
-        n = len(leg.data)
+        n = leg.clock.lencount
         if n == leg.seen:
             return False
         leg.seen = n
@@ -208,13 +212,25 @@ class ModelStrategy(bt.Strategy):
                 self.records.append((leg.data.datetime[0], leg.sig, 0.0, leg.index))
 
     def next(self):
+        # The hot loop of a portfolio run: the new-bar test and the signal read go straight to the
+        # line buffers (len(data) and line[0] are several calls deep in Backtrader).
+        if self._fast:
+            self._next_fast()
+            return
         fresh = []
+        dt = self.datetime[0]  # the common clock; a data with a new bar has it at this time
+        target, records = self.target, self.records
         for leg in self.legs:
-            if not self._observe(leg):
-                continue
+            n = leg.clock.lencount
+            if n == leg.seen:
+                continue  # this symbol has no bar at this time: nothing new, nothing filled in
+            leg.seen = n
+            buf = leg.signal
+            leg.sig = sig = buf.array[buf.idx]
+            if leg.vol is not None:
+                leg.vol.update(leg.data.close[0])
             self.leg = leg
-            sig = leg.sig
-            tgt = 0.0 if sig != sig else float(self.target(sig))
+            tgt = 0.0 if sig != sig else float(target(sig))
             tgt = 0.0 if tgt != tgt else min(1.0, max(-1.0, tgt))
             if leg.blocked:
                 if tgt * leg.blocked > 0:
@@ -222,32 +238,76 @@ class ModelStrategy(bt.Strategy):
                 else:
                     leg.blocked = 0
             leg.target = tgt
-            self.records.append((leg.data.datetime[0], sig, tgt, leg.index))
+            records.append((dt, sig, tgt, leg.index))
             fresh.append(leg)
         if fresh and not getattr(self.broker, "liquidated", False):
             self._rebalance(fresh)
 
     def _rebalance(self, fresh: list["Leg"]):
         p, legs = self.p, self.legs
-        for leg in fresh:
-            self.leg = leg
-            leg.want = self.size(leg, leg.target)
-        if len(legs) == 1:
-            fracs = [legs[0].want]
+        if self._plain:  # fixed fraction, equal weight, no caps, size() not overridden: the same numbers, directly
+            k = p.stake / len(legs)
+            fracs = [leg.target * k for leg in legs]
         else:
-            w = risk_weights([leg.vol.value for leg in legs]) if p.weighting == "risk" else [1.0 / len(legs)] * len(legs)
-            fracs = [leg.want * wi for leg, wi in zip(legs, w)]
-        fracs = cap(fracs, max_leverage=p.max_leverage, gross_cap=p.gross_cap, net_cap=p.net_cap)
+            for leg in fresh:
+                self.leg = leg
+                leg.want = self.size(leg, leg.target)
+            fracs = self._weighted()
         plan = []
+        band = p.rebalance_band * p.stake
         for leg in fresh:
             f = fracs[leg.index]
             if leg.order is not None:
                 continue
-            changed = abs(f - leg.held) > p.rebalance_band * p.stake or (f == 0.0 and leg.held != 0.0)
+            changed = abs(f - leg.held) > band or (f == 0.0 and leg.held != 0.0)
             if not (changed or (leg.retry and f != leg.held)):
                 leg.retry = False
                 continue
             plan.append((abs(f) >= abs(leg.held), leg, f))  # reductions first: they free the cash buys need
+        if plan:
+            self._submit(plan)
+
+    def _next_fast(self):
+        """next() for the default rule (this class's target(), fixed fraction, equal weight, no caps, no
+        stops): the general path's decisions exactly, inlined, since it runs once per bar per symbol."""
+        p, legs = self.p, self.legs
+        th, ex, short = p.threshold, p.exit_threshold, p.allow_short
+        k = p.stake / len(legs)
+        band = p.rebalance_band * p.stake
+        dt = self.datetime[0]
+        rec = self.records.append
+        live = not getattr(self.broker, "liquidated", False)
+        plan = []
+        for leg in legs:
+            n = leg.clock.lencount
+            if n == leg.seen:
+                continue
+            leg.seen = n
+            buf = leg.signal
+            leg.sig = sig = buf.array[buf.idx]
+            cur = leg.current
+            if sig > th:
+                tgt = 1.0
+            elif short and sig < -th:
+                tgt = -1.0
+            elif (cur > 0 and sig > ex) or (cur < 0 and sig < -ex):
+                tgt = cur
+            else:  # NaN lands here too: no signal, no position
+                tgt = 0.0
+            leg.target = tgt
+            rec((dt, sig, tgt, leg.index))
+            if not live or leg.order is not None:
+                continue
+            f = tgt * k
+            held = leg.held
+            if abs(f - held) > band or (f == 0.0 and held != 0.0) or (leg.retry and f != held):
+                plan.append((abs(f) >= abs(held), leg, f))
+            else:
+                leg.retry = False
+        if plan:
+            self._submit(plan)
+
+    def _submit(self, plan: list):
         plan.sort(key=lambda x: x[0])
         for _, leg, f in plan:
             self.leg = leg
@@ -259,6 +319,16 @@ class ModelStrategy(bt.Strategy):
                 continue
             order = self.order_target_percent(data=leg.data, target=f * (1.0 - haircut))
             self._sent(leg, order, f)
+
+    def _weighted(self) -> list[float]:
+        """Every leg's fraction: its size() times its portfolio weight, then the caps."""
+        p, legs = self.p, self.legs
+        if len(legs) == 1:
+            fracs = [legs[0].want]
+        else:
+            w = risk_weights([leg.vol.value for leg in legs]) if p.weighting == "risk" else [1.0 / len(legs)] * len(legs)
+            fracs = [leg.want * wi for leg, wi in zip(legs, w)]
+        return cap(fracs, max_leverage=p.max_leverage, gross_cap=p.gross_cap, net_cap=p.net_cap)
 
     def _sent(self, leg: "Leg", order, frac: float):
         if order is None:  # already there: nothing to trade
@@ -294,11 +364,12 @@ NAN = float("nan")
 class Leg:
     """One traded data's state inside :class:`ModelStrategy` (a portfolio has one per symbol)."""
 
-    __slots__ = ("index", "data", "signal", "seen", "sig", "target", "current", "held", "want", "order",
+    __slots__ = ("index", "data", "signal", "clock", "seen", "sig", "target", "current", "held", "want", "order",
                  "order_target", "order_frac", "retry", "refusals", "children", "blocked", "vol", "ann")
 
     def __init__(self, index: int, data, signal, p):
         self.index, self.data, self.signal = index, data, signal
+        self.clock = data.lines[0]  # its length is len(data): the bars the data has delivered
         self.seen = 0  # len(data) when last read
         self.sig = NAN
         self.target = 0.0  # this bar's target, in [-1, 1]

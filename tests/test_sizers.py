@@ -128,3 +128,26 @@ def test_bad_sizing_param_is_one_error_line(capsys, tmp_path):
         rc = main(["--data", str(p), "--param", bad, "--no-progress", "--no-tearsheet", "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and err.startswith("error: ") and "\n" not in err and word in err, err
+
+
+class _SameRule(ModelStrategy):
+    def target(self, signal):  # the inherited rule, through the general (overridable) path
+        return super().target(signal)
+
+
+def test_fast_path_equals_general_path():
+    """The default rule runs inlined; a subclass with the same rule takes the general path: same run."""
+    frames = {}
+    for i in range(3):
+        f = gapping_candles(1200, seed=70 + i, missing=0.03, start_ms=1_700_000_000_000 + i * HOUR)
+        sig = np.repeat(np.random.default_rng(i).uniform(-3, 3, 1200 // 7 + 1), 7)[:1200]
+        sig[100:130] = np.nan  # a stretch without signal
+        f["signal"] = sig
+        frames[f"S{i}/USDT"] = f
+    p = dict(threshold=1.0, exit_threshold=0.3, rebalance_band=0.1)
+    a = run_backtest(frames, ModelStrategy, p)
+    b = run_backtest(frames, _SameRule, p)
+    assert len(a.trades) > 30
+    pd.testing.assert_frame_equal(a.equity, b.equity)
+    pd.testing.assert_frame_equal(a.signals, b.signals)
+    pd.testing.assert_frame_equal(a.trades, b.trades)

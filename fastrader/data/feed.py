@@ -58,6 +58,23 @@ def ms_to_bt_num(ms: int) -> float:
     return bt.date2num(dt)
 
 
+def ms_to_bt_nums(ms) -> np.ndarray:
+    """:func:`ms_to_bt_num` over an array, bit for bit.
+
+    bt.date2num adds the day ordinal and the hour fraction (and smaller parts)
+    with math.fsum, i.e. rounded once. For stamps on whole hours that is one
+    float addition, which numpy rounds the same way; other stamps take the
+    exact scalar path.
+    """
+    ms = np.asarray(ms, dtype=np.int64)
+    days, rem = np.divmod(ms, _DAY_MS)
+    out = (days + (_EPOCH_ORDINAL)).astype(np.float64) + (rem // 3_600_000) / 24.0
+    odd = np.flatnonzero(rem % 3_600_000)
+    for i in odd:
+        out[i] = ms_to_bt_num(int(ms[i]))
+    return out
+
+
 class CandleFeed(bt.feed.DataBase):
     """A Backtrader feed over a candle frame (ccxt layout) plus a ``signal`` line.
 
@@ -93,7 +110,7 @@ class CandleFeed(bt.feed.DataBase):
         else:
             signal = pd.to_numeric(frame[signal_col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         self._arrays["signal"] = signal
-        self._dtnum = np.array([ms_to_bt_num(ms) for ms in candles["timestamp"].to_numpy()])
+        self._dtnum = ms_to_bt_nums(candles["timestamp"].to_numpy())
         self._timestamps = candles["timestamp"].to_numpy()
         self._idx = -1
 
@@ -134,4 +151,4 @@ def add_feeds(cerebro: bt.Cerebro, frames: dict[str, pd.DataFrame], **kwargs) ->
     return feeds
 
 
-__all__ = ["CandleFeed", "make_feed", "add_feeds", "infer_timeframe", "ms_to_bt_num"]
+__all__ = ["CandleFeed", "make_feed", "add_feeds", "infer_timeframe", "ms_to_bt_num", "ms_to_bt_nums"]
