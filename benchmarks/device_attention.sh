@@ -34,11 +34,20 @@ if want sanitize; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/cuda_sanitize.py
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 9 $PY benchmarks/cuda_sanitize.py
 fi
+if want sanitize; then  # the two-launch decode path too
+  step memcheck2 env FASTRADER_DECODE_MERGE=separate compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/cuda_sanitize.py
+fi
+if want ncu; then  # hardware counters of the tensor-core kernels at two shapes
+  for c in "8 8 2048 16 256" "1 8 131072 64 1024"; do
+    step "ncu_${c// /_}" ncu --clock-control none -k regex:mma --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section ComputeWorkloadAnalysis $PY benchmarks/cuda_profile_case.py $c
+  done
+fi
 if want bencheager; then  # what a Python training loop sees (launch and autograd overhead included)
   step bencheager $PY benchmarks/attention_cuda.py --eager --no-flex --json "$OUT/attention_cuda_eager.json"
 fi
-if want benchsplit; then  # the backward with a separate dQ kernel, for ext/NOTES.md
-  step benchsplit env FASTRADER_CUDA_BWD=split $PY benchmarks/attention_cuda.py --no-flex --json "$OUT/attention_cuda_split.json"
+if want benchsplit; then  # backward with a separate dQ kernel, decode with a separate merge (ext/NOTES.md)
+  step benchsplit env FASTRADER_CUDA_BWD=split FASTRADER_DECODE_MERGE=separate $PY benchmarks/attention_cuda.py --no-flex --json "$OUT/attention_cuda_split.json"
 fi
 if want benchfused; then  # the fused-dQ backward, forced
   step benchfused env FASTRADER_CUDA_BWD=fused $PY benchmarks/attention_cuda.py --no-flex --json "$OUT/attention_cuda_fused.json"
@@ -51,6 +60,7 @@ fi
 echo "---- logs: $OUT"
 grep -E "error|Error" "$OUT/build.log" | head -20
 grep -E "passed|failed|FAILED|Error" "$OUT/pytest.log" 2>/dev/null | tail -15
-grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|hazard" "$OUT/memcheck.log" "$OUT/racecheck.log" 2>/dev/null | head -10
+grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|hazard" "$OUT/memcheck.log" "$OUT/memcheck2.log" "$OUT/racecheck.log" 2>/dev/null | head -10
+for f in "$OUT"/ncu_*.log; do [ -f "$f" ] && echo "== $f" && grep -E "^  [a-z_]+mma|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|Issue Slots Busy" "$f" | head -24; done
 for b in bench bencheager benchsplit benchfused; do [ -f "$OUT/$b.log" ] && echo "== $b" && sed -n '/^case /,$p' "$OUT/$b.log" | grep -v "note: f[al].*: \(not installed\|skipped\)"; done
 printf '%s\n' "${summary[@]}"

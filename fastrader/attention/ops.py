@@ -176,8 +176,9 @@ def sparse_attention_with_lse(q, k, v, window=256, dilation=1, sinks=0, scale=No
 def sparse_attention(q, k, v, window=256, dilation=1, sinks=0, scale=None):
     """Causal sliding-window attention with dilation and sink tokens.
 
-    q, k, v: (batch, heads, seq, head_dim), float32/float64 (bfloat16/float16
-    accepted, computed in float32). Query i attends key j iff j <= i and
+    q, k, v: (batch, heads, seq, head_dim), float32/float64/bfloat16/float16
+    (half precision accumulates in float32; on CUDA it runs on tensor cores,
+    see :func:`can_run`). Query i attends key j iff j <= i and
     ((i - j) < window * dilation and (i - j) % dilation == 0, or j < sinks).
     ``scale`` defaults to 1/sqrt(head_dim). Differentiable in q, k, v.
     """

@@ -7,7 +7,11 @@
 // window keys are cut into nsplit chunks, one CTA each, plus one CTA for the
 // sink keys the window does not cover. Each CTA writes its partial softmax
 // state (max, sum, unnormalised output) and a second launch merges them.
-// Both launches have fixed shapes and read pos on the device, so a step is
+// On sm_90 the CTAs of one (batch, head) form a thread-block cluster and its
+// rank 0 merges the others' states through distributed shared memory: one
+// launch per step, no global scratch. Elsewhere (or with
+// FASTRADER_DECODE_MERGE=separate) the states go to global memory and
+// decode_merge_kernel merges them in a second launch. Fixed shapes, pos read on the device:
 // capturable in a CUDA graph (no host sync, no data-dependent launch).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -17,9 +21,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cooperative_groups.h>
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "check.h"
@@ -49,12 +57,36 @@ struct DecGeo {
   bool aligned;  // cache base pointers 16-byte aligned
 };
 
-template <typename T, typename A, int TPR, int E>
-__global__ void __launch_bounds__(kDecThreads)
+// out[bh] from the nparts partial states of (batch, head) bh. L2 loads: the
+// partials were written by other CTAs of the same launch (fused merge).
+template <typename T, typename A>
+__device__ __forceinline__ void merge_parts(int64_t bh, const A* __restrict__ pm, const A* __restrict__ pl,
+                                            const A* __restrict__ po, T* __restrict__ out, const DecGeo& g) {
+  const A* m = pm + bh * g.nparts;
+  const A* l = pl + bh * g.nparts;
+  A M = static_cast<A>(-INFINITY);
+  for (int x = 0; x < g.nparts; ++x) {
+    const A mx = __ldcg(m + x);
+    M = mx > M ? mx : M;
+  }
+  const A Mu = M == static_cast<A>(-INFINITY) ? A(0) : M;
+  A L = A(0);
+  for (int x = 0; x < g.nparts; ++x) L += __ldcg(l + x) * DecBase<A>::exp(__ldcg(m + x) - Mu);
+  const A inv = L > A(0) ? A(1) / L : A(0);  // no visible key (pos < 0): zeros
+  for (int d = threadIdx.x; d < g.D; d += kDecThreads) {
+    A acc = A(0);
+    for (int x = 0; x < g.nparts; ++x)
+      acc += __ldcg(po + (bh * g.nparts + x) * g.D + d) * DecBase<A>::exp(__ldcg(m + x) - Mu);
+    out[bh * g.D + d] = static_cast<T>(acc * inv);
+  }
+}
+
+template <typename T, typename A, int TPR, int E, int NTH, bool CLUSTER>
+__global__ void __launch_bounds__(NTH)
     decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                         const int64_t* __restrict__ pos, A* __restrict__ pm, A* __restrict__ pl,
-                        A* __restrict__ po, DecGeo g, A qmul) {
-  constexpr int G = kDecThreads / TPR;  // key groups per CTA
+                        A* __restrict__ po, T* __restrict__ out, DecGeo g, A qmul) {
+  constexpr int G = NTH / TPR;  // key groups per CTA
   constexpr int WR = TPR * E;
   __shared__ A s_m[G], s_l[G];
   __shared__ A s_o[G][WR];
@@ -118,24 +150,23 @@ __global__ void __launch_bounds__(kDecThreads)
       // window keys m in [part*chunk, m_end), j = p - m*dil >= 0
       int64_t m_end = min((part + 1) * g.chunk, g.W);
       if (p / g.dil + 1 < m_end) m_end = p / g.dil + 1;
-      int mi = part * g.chunk + grp;
-      // two keys per step: both rows' loads are in flight before either is used
-      for (; mi + G < m_end; mi += 2 * G) {
-        A k0[E], v0[E], k1[E], v1[E];
-        const int64_t s0 = slot_of(p - int64_t(mi) * g.dil), s1 = slot_of(p - int64_t(mi + G) * g.dil);
-        load(kh + s0 * g.D, k0);
-        load(vh + s0 * g.D, v0);
-        load(kh + s1 * g.D, k1);
-        load(vh + s1 * g.D, v1);
-        visit(k0, v0);
-        visit(k1, v1);
-      }
-      if (mi < m_end) {
-        A k0[E], v0[E];
-        const int64_t s0 = slot_of(p - int64_t(mi) * g.dil);
-        load(kh + s0 * g.D, k0);
-        load(vh + s0 * g.D, v0);
-        visit(k0, v0);
+      // four keys per step, loads predicated: all eight rows are in flight
+      // before the first is used (the chain is load latency, not math)
+      constexpr int U = 4;
+      for (int mi = part * g.chunk + grp; mi < m_end; mi += U * G) {
+        A kr[U][E], vr[U][E];
+#pragma unroll
+        for (int x = 0; x < U; ++x) {
+          const int mx = mi + x * G;
+          if (mx < m_end) {
+            const int64_t sl = slot_of(p - int64_t(mx) * g.dil);
+            load(kh + sl * g.D, kr[x]);
+            load(vh + sl * g.D, vr[x]);
+          }
+        }
+#pragma unroll
+        for (int x = 0; x < U; ++x)
+          if (mi + x * G < m_end) visit(kr[x], vr[x]);
       }
     } else {  // sinks not in the window
       const int64_t ns = p + 1 < g.S ? p + 1 : g.S;
@@ -161,17 +192,55 @@ __global__ void __launch_bounds__(kDecThreads)
 #pragma unroll
   for (int x = 0; x < G; ++x) M = s_m[x] > M ? s_m[x] : M;
   const A Mu = M == static_cast<A>(-INFINITY) ? A(0) : M;
+  __shared__ A c_m, c_l;  // this CTA's state, read by rank 0 of the cluster
+  __shared__ A c_o[WR];
   const int64_t slot = bh * g.nparts + part;
   if (threadIdx.x == 0) {
     A Ls = A(0);
     for (int x = 0; x < G; ++x) Ls += s_l[x] * DecBase<A>::exp(s_m[x] - Mu);
-    pm[slot] = M;
-    pl[slot] = Ls;
+    if (CLUSTER) {
+      c_m = M;
+      c_l = Ls;
+    } else {
+      pm[slot] = M;
+      pl[slot] = Ls;
+    }
   }
-  for (int d = threadIdx.x; d < g.D; d += kDecThreads) {
+  for (int d = threadIdx.x; d < g.D; d += NTH) {
     A acc = A(0);
     for (int x = 0; x < G; ++x) acc += s_o[x][d] * DecBase<A>::exp(s_m[x] - Mu);
-    po[slot * g.D + d] = acc;
+    if (CLUSTER)
+      c_o[d] = acc;
+    else
+      po[slot * g.D + d] = acc;
+  }
+  if constexpr (CLUSTER) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // The nparts CTAs of this (batch, head) form one thread-block cluster;
+    // rank 0 reads the others' states from their shared memory (DSMEM).
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    if (cluster.block_rank() == 0) {
+      A MM = static_cast<A>(-INFINITY);
+      for (int x = 0; x < g.nparts; ++x) {
+        const A mx = *cluster.map_shared_rank(&c_m, x);
+        MM = mx > MM ? mx : MM;
+      }
+      const A Mz = MM == static_cast<A>(-INFINITY) ? A(0) : MM;
+      A L = A(0);
+      for (int x = 0; x < g.nparts; ++x)
+        L += *cluster.map_shared_rank(&c_l, x) * DecBase<A>::exp(*cluster.map_shared_rank(&c_m, x) - Mz);
+      const A inv = L > A(0) ? A(1) / L : A(0);
+      for (int d = threadIdx.x; d < g.D; d += NTH) {
+        A acc = A(0);
+        for (int x = 0; x < g.nparts; ++x)
+          acc += cluster.map_shared_rank(c_o, x)[d] * DecBase<A>::exp(*cluster.map_shared_rank(&c_m, x) - Mz);
+        out[bh * g.D + d] = static_cast<T>(acc * inv);
+      }
+    }
+    cluster.sync();  // keep every CTA's shared memory alive until rank 0 is done
+#endif
   }
 }
 
@@ -179,20 +248,7 @@ template <typename T, typename A>
 __global__ void __launch_bounds__(kDecThreads)
     decode_merge_kernel(const A* __restrict__ pm, const A* __restrict__ pl, const A* __restrict__ po,
                         T* __restrict__ out, DecGeo g) {
-  const int64_t bh = blockIdx.x;
-  const A* m = pm + bh * g.nparts;
-  const A* l = pl + bh * g.nparts;
-  A M = static_cast<A>(-INFINITY);
-  for (int x = 0; x < g.nparts; ++x) M = m[x] > M ? m[x] : M;
-  const A Mu = M == static_cast<A>(-INFINITY) ? A(0) : M;
-  A L = A(0);
-  for (int x = 0; x < g.nparts; ++x) L += l[x] * DecBase<A>::exp(m[x] - Mu);
-  const A inv = L > A(0) ? A(1) / L : A(0);  // no visible key (pos < 0): zeros
-  for (int d = threadIdx.x; d < g.D; d += kDecThreads) {
-    A acc = A(0);
-    for (int x = 0; x < g.nparts; ++x) acc += po[(bh * g.nparts + x) * g.D + d] * DecBase<A>::exp(m[x] - Mu);
-    out[bh * g.D + d] = static_cast<T>(acc * inv);
-  }
+  merge_parts<T, A>(blockIdx.x, pm, pl, po, out, g);
 }
 
 template <typename F>
@@ -260,33 +316,73 @@ at::Tensor sparse_attn_decode_cuda(const at::Tensor& q_, const at::Tensor& k_cac
   g.L = int(L);
   g.aligned = reinterpret_cast<uintptr_t>(kc.const_data_ptr()) % 16 == 0 &&
               reinterpret_cast<uintptr_t>(vc.const_data_ptr()) % 16 == 0;
-  // About two CTAs per SM over all (batch, head) pairs, at least 32 keys each.
-  const int64_t want = std::max<int64_t>(1, (2 * sms + B * H - 1) / (B * H));
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.device().index()));
+  static const bool separate_env = [] {
+    const char* e = std::getenv("FASTRADER_DECODE_MERGE");
+    return e != nullptr && std::strcmp(e, "separate") == 0;
+  }();
+  // Cluster merge (sm_90): one launch, the (batch, head)'s CTAs in one
+  // cluster of at most 16. Otherwise about two CTAs per SM over all (batch,
+  // head) pairs and a second, merging launch. At least 32 keys per CTA.
+  const bool cluster = major >= 9 && !separate_env;
+  const int64_t want = cluster ? 16 - (sinks > 0 ? 1 : 0) : std::max<int64_t>(1, (2 * sms + B * H - 1) / (B * H));
   g.nsplit = int(std::min<int64_t>(want, (window + 31) / 32));
   g.chunk = int((window + g.nsplit - 1) / g.nsplit);
   g.nsplit = int((window + g.chunk - 1) / g.chunk);
   g.nparts = g.nsplit + (sinks > 0 ? 1 : 0);
 
   const auto ct = st == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor pm = at::empty({B * H, g.nparts}, q.options().dtype(ct));
-  at::Tensor pl = at::empty({B * H, g.nparts}, q.options().dtype(ct));
-  at::Tensor po = at::empty({B * H, g.nparts, D}, q.options().dtype(ct));
+  at::Tensor pm, pl, po;
+  if (!cluster) {
+    pm = at::empty({B * H, g.nparts}, q.options().dtype(ct));
+    pl = at::empty({B * H, g.nparts}, q.options().dtype(ct));
+    po = at::empty({B * H, g.nparts, D}, q.options().dtype(ct));
+  }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st, "sparse_attn_decode_cuda", [&] {
     using T = scalar_t;
     using A = at::opmath_type<T>;
     const A qmul = static_cast<A>(scale * DecBase<A>::kToBase);
+    const T* qp = q.const_data_ptr<T>();
+    const T* kp = kc.const_data_ptr<T>();
+    const T* vp = vc.const_data_ptr<T>();
+    const int64_t* pp = pos.const_data_ptr<int64_t>();
+    T* op = out.mutable_data_ptr<T>();
     dec_config(D, [&](auto tpr, auto e) {
       constexpr int TPR = decltype(tpr)::value;
       constexpr int E = decltype(e)::value;
-      decode_split_kernel<T, A, TPR, E><<<dim3(g.nparts, unsigned(B * H)), kDecThreads, 0, stream>>>(
-          q.const_data_ptr<T>(), kc.const_data_ptr<T>(), vc.const_data_ptr<T>(), pos.const_data_ptr<int64_t>(),
-          pm.mutable_data_ptr<A>(), pl.mutable_data_ptr<A>(), po.mutable_data_ptr<A>(), g, qmul);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (cluster) {
+        constexpr int NTH = 256;
+        auto kernel = decode_split_kernel<T, A, TPR, E, NTH, true>;
+        static const bool once = [&] {
+          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+          return true;
+        }();
+        (void)once;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(unsigned(g.nparts), unsigned(B * H), 1);
+        cfg.blockDim = dim3(NTH, 1, 1);
+        cfg.dynamicSmemBytes = 0;
+        cfg.stream = stream;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = unsigned(g.nparts);
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, qp, kp, vp, pp, static_cast<A*>(nullptr),
+                                          static_cast<A*>(nullptr), static_cast<A*>(nullptr), op, g, qmul));
+      } else {
+        decode_split_kernel<T, A, TPR, E, kDecThreads, false><<<dim3(g.nparts, unsigned(B * H)), kDecThreads, 0, stream>>>(
+            qp, kp, vp, pp, pm.mutable_data_ptr<A>(), pl.mutable_data_ptr<A>(), po.mutable_data_ptr<A>(), op, g, qmul);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        decode_merge_kernel<T, A><<<unsigned(B * H), kDecThreads, 0, stream>>>(
+            pm.const_data_ptr<A>(), pl.const_data_ptr<A>(), po.const_data_ptr<A>(), op, g);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     });
-    decode_merge_kernel<T, A><<<unsigned(B * H), kDecThreads, 0, stream>>>(
-        pm.const_data_ptr<A>(), pl.const_data_ptr<A>(), po.const_data_ptr<A>(), out.mutable_data_ptr<T>(), g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }

@@ -1,9 +1,9 @@
 // Forward of fastrader::sparse_attn_fwd on tensor cores (mma.sync m16n8k16,
 // bf16/fp16 operands, fp32 accumulation), in the FlashAttention-2 manner.
 //
-// One CTA = 4 warps = one block of BM = 64 query rows of one residue class
-// (mask.cuh: dilation -> strided tiles) of one (batch, head). Each warp owns
-// 16 rows; Q stays in registers as A fragments for the whole CTA. Key/value
+// One CTA = 4 warps = one block of BM = 64 (128 at D = 64) query rows of one
+// residue class (mask.cuh: dilation -> strided tiles) of one (batch, head).
+// Each warp owns 16 (32) rows; Q stays in registers as A fragments for the whole CTA. Key/value
 // tiles of BN = 64 rows stream through shared memory in two cp.async stages:
 // the window tiles from the diagonal back to the oldest key the block needs,
 // then the sink tiles. Only the first (diagonal) and last window tiles and
@@ -38,11 +38,11 @@ namespace fastrader {
 namespace cuda {
 namespace {
 
-template <typename T, int DP, int BM, int BN, int NW>
+template <typename T, int DP, int BM, int BN, int NW, int MT>
 __global__ void __launch_bounds__(NW * 32)
     fwd_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
                    float* __restrict__ lse, BandGeo g, int tblocks) {
-  static_assert(BM == NW * 16, "one warp per 16 query rows");
+  static_assert(BM == NW * 16 * MT, "each warp owns MT groups of 16 query rows");
   constexpr int NT = NW * 32;
   constexpr int ST = mma::Tile<DP>::kStride;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -89,12 +89,15 @@ __global__ void __launch_bounds__(NW * 32)
   mma::cp_async_commit();
 
   const int gq = lane >> 2, cq = lane & 3;
-  const int row0 = t0 + warp * 16 + gq;  // the thread's rows: row0, row0 + 8
-  uint32_t qf[DP / 16][4];
-  float acc[DP / 8][4];
+  // the thread's rows: row0[mt] and row0[mt] + 8
+  const int wrow = t0 + warp * 16 * MT + gq;
+  uint32_t qf[MT][DP / 16][4];
+  float acc[MT][DP / 8][4];
 #pragma unroll
-  for (int n = 0; n < DP / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-  OnlineSoftmax sm;
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int n = 0; n < DP / 8; ++n) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.f;
+  OnlineSoftmax sm[MT];
 
   for (int kt = 0; kt < ntot; ++kt) {
     if (kt + 1 < ntot) {
@@ -107,80 +110,101 @@ __global__ void __launch_bounds__(NW * 32)
     __syncthreads();
     if (kt == 0) {
 #pragma unroll
-      for (int kk = 0; kk < DP / 16; ++kk) mma::ld_a<DP>(qf[kk], sQ, warp * 16, kk * 16, lane);
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int kk = 0; kk < DP / 16; ++kk) mma::ld_a<DP>(qf[mt][kk], sQ, (warp * MT + mt) * 16, kk * 16, lane);
     }
     const T* cK = sK + (kt & 1) * BN * ST;
     const T* cV = sV + (kt & 1) * BN * ST;
 
-    float s[BN / 8][4];
+    float s[MT][BN / 8][4];
 #pragma unroll
-    for (int n = 0; n < BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < DP / 16; ++kk) {
 #pragma unroll
       for (int nn = 0; nn < BN / 16; ++nn) {
         uint32_t b[4];
         mma::ld_b_nk<DP>(b, cK, nn * 16, kk * 16, lane);
-        mma::mma16816<T>(s[2 * nn], qf[kk], b[0], b[1]);
-        mma::mma16816<T>(s[2 * nn + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma::mma16816<T>(s[mt][2 * nn], qf[mt][kk], b[0], b[1]);
+          mma::mma16816<T>(s[mt][2 * nn + 1], qf[mt][kk], b[2], b[3]);
+        }
       }
     }
 
-    if (kt < nwt && band.full(kt, g.W)) {
-      scale_scores(s, g.sl2);
-    } else if (kt < nwt) {
-      const int a = band.start(kt) + 2 * cq;
-      mask_scores(s, g.sl2, [&](int h, int col) { return window_ok(row0 + 8 * h, a + col, g.W); });
-    } else {
-      const int j0 = (kt - nwt) * BN + 2 * cq;
-      const int i0 = r + g.dil * row0;
-      mask_scores(s, g.sl2, [&](int h, int col) { return sink_ok(i0 + 8 * h * g.dil, j0 + col, g.S, g.W, g.dil); });
+    const bool full = kt < nwt && band.full(kt, g.W);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int row0 = wrow + mt * 16;
+      if (full) {
+        scale_scores(s[mt], g.sl2);
+      } else if (kt < nwt) {
+        const int a = band.start(kt) + 2 * cq;
+        mask_scores(s[mt], g.sl2, [&](int h, int col) { return window_ok(row0 + 8 * h, a + col, g.W); });
+      } else {
+        const int j0 = (kt - nwt) * BN + 2 * cq;
+        const int i0 = r + g.dil * row0;
+        mask_scores(s[mt], g.sl2,
+                    [&](int h, int col) { return sink_ok(i0 + 8 * h * g.dil, j0 + col, g.S, g.W, g.dil); });
+      }
+      sm[mt].update(s[mt], acc[mt]);
     }
-    sm.update(s, acc);
 
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t a[4];
-      mma::c_to_a<T>(a, s, kk);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) mma::c_to_a<T>(a[mt], s[mt], kk);
 #pragma unroll
       for (int nd = 0; nd < DP / 16; ++nd) {
         uint32_t b[4];
         mma::ld_b_kn<DP>(b, cV, kk * 16, nd * 16, lane);
-        mma::mma16816<T>(acc[2 * nd], a, b[0], b[1]);
-        mma::mma16816<T>(acc[2 * nd + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma::mma16816<T>(acc[mt][2 * nd], a[mt], b[0], b[1]);
+          mma::mma16816<T>(acc[mt][2 * nd + 1], a[mt], b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
 
-  sm.finish();
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int t = row0 + 8 * h;
-    if (t >= Nr) continue;
-    const int64_t row = hrow + r + int64_t(g.dil) * t;
-    const float inv = 1.f / sm.l[h];
-    T* orow = o + row * g.D;
+  for (int mt = 0; mt < MT; ++mt) {
+    sm[mt].finish();
 #pragma unroll
-    for (int n = 0; n < DP / 8; ++n) {
-      const int col = n * 8 + 2 * cq;
-      if (col < g.D)
-        *reinterpret_cast<uint32_t*>(orow + col) = mma::pack2<T>(acc[n][2 * h] * inv, acc[n][2 * h + 1] * inv);
+    for (int h = 0; h < 2; ++h) {
+      const int t = wrow + mt * 16 + 8 * h;
+      if (t >= Nr) continue;
+      const int64_t row = hrow + r + int64_t(g.dil) * t;
+      const float inv = 1.f / sm[mt].l[h];
+      T* orow = o + row * g.D;
+#pragma unroll
+      for (int n = 0; n < DP / 8; ++n) {
+        const int col = n * 8 + 2 * cq;
+        if (col < g.D)
+          *reinterpret_cast<uint32_t*>(orow + col) =
+              mma::pack2<T>(acc[mt][n][2 * h] * inv, acc[mt][n][2 * h + 1] * inv);
+      }
+      if (cq == 0) lse[row] = (sm[mt].m[h] + log2f(sm[mt].l[h])) * 0.69314718055994531f;
     }
-    if (cq == 0) lse[row] = (sm.m[h] + log2f(sm.l[h])) * 0.69314718055994531f;
   }
 }
 
-template <typename T, int DP>
+template <typename T, int DP, int MT>
 void launch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
                 const BandGeo& g) {
-  constexpr int NW = 4, BM = 64, BN = 64;
+  constexpr int NW = 4, BM = 64 * MT, BN = 64;
   constexpr int ST = mma::Tile<DP>::kStride;
   const int tblocks = (g.Nr0 + BM - 1) / BM;
   const int64_t blocks = g.BH * tblocks * int64_t(g.dil);
   FR_CHECK(blocks <= std::numeric_limits<int>::max(), "sparse_attn_fwd (CUDA): too many blocks (", blocks, ")");
   const size_t smem = size_t(BM + 4 * BN) * ST * sizeof(T);
-  auto kernel = fwd_mma_kernel<T, DP, BM, BN, NW>;
+  auto kernel = fwd_mma_kernel<T, DP, BM, BN, NW, MT>;
   static const bool attr_set = [&] {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     return true;
@@ -197,13 +221,19 @@ template <typename T>
 void dispatch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
                   const BandGeo& g) {
   if (g.D <= 16) {
-    launch_fwd<T, 16>(q, k, v, out, lse, g);
+    launch_fwd<T, 16, 1>(q, k, v, out, lse, g);
   } else if (g.D <= 32) {
-    launch_fwd<T, 32>(q, k, v, out, lse, g);
+    launch_fwd<T, 32, 1>(q, k, v, out, lse, g);
   } else if (g.D <= 64) {
-    launch_fwd<T, 64>(q, k, v, out, lse, g);
+    // Two 16-row groups per warp (BM = 128) share every K/V fragment read:
+    // 6% faster at W = 1024, 8% slower at W = 256 (fewer CTAs per SM at 251
+    // registers), equal at W = 512 on the H200 (ext/NOTES.md v3).
+    if (g.W >= 512)
+      launch_fwd<T, 64, 2>(q, k, v, out, lse, g);
+    else
+      launch_fwd<T, 64, 1>(q, k, v, out, lse, g);
   } else {
-    launch_fwd<T, 128>(q, k, v, out, lse, g);
+    launch_fwd<T, 128, 1>(q, k, v, out, lse, g);
   }
 }
 
