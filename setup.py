@@ -46,6 +46,14 @@ AVX2_FLAGS = ["-mavx", "-mavx2", "-mfma", "-mbmi", "-mbmi2", "-mf16c", "-mlzcnt"
 GEN_DIR = os.path.join(ROOT, "build", "fastrader_gen")
 
 
+def _flags_stamp():
+    """A file whose content is the build mode: extensions depend on it, so
+    switching FASTRADER_NATIVE rebuilds them (setuptools only compares mtimes)."""
+    path = os.path.join(GEN_DIR, "build_mode.txt")
+    _write_if_changed(path, f"native={int(NATIVE)}\n")
+    return os.path.relpath(path, ROOT)
+
+
 def _rel(paths):
     return sorted(os.path.relpath(p, ROOT) for p in paths)
 
@@ -75,6 +83,7 @@ def cython_extensions():
             include_dirs=[np.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=["-O3"] + flags,
+            depends=[_flags_stamp()],
         )
 
     exts = []
@@ -172,6 +181,7 @@ def torch_extensions():
             sources + cu,
             include_dirs=include,
             define_macros=macros + [("FASTRADER_WITH_CUDA", "1")],
+            depends=[_flags_stamp()],
             extra_compile_args={
                 "cxx": cxx,
                 "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
@@ -184,6 +194,7 @@ def torch_extensions():
             sources,
             include_dirs=include,
             define_macros=macros,
+            depends=[_flags_stamp()],
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],
         )
