@@ -26,11 +26,12 @@ export FASTRADER_EXPECT_EXT := 1
 
 SOURCES := setup.py pyproject.toml $(shell find ext fastrader -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' -o -name '*.inc' -o -name '*.pyx' -o -name '*.pxd' 2>/dev/null)
 
-.PHONY: install run test bench train sample wheel wheel-check sdist clean help
+.PHONY: install run test test-floors bench train sample wheel wheel-check sdist clean help
 
 help:
 	@echo "make run          install into $(VENV) and run the default backtest (fastrader run)"
 	@echo "make test         install into $(VENV) and run the test suite"
+	@echo "make test-floors  the suite against the lowest supported versions (.ci/floors.txt)"
 	@echo "make wheel        build dist/fastrader-*.whl against the installed torch"
 	@echo "make wheel-check  install that wheel into a fresh venv outside the checkout and run it there"
 	@echo "make bench        run the benchmarks in benchmarks/"
@@ -57,6 +58,11 @@ run: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The suite against the lowest versions pyproject.toml admits (.ci/floors.txt;
+# torch's floor 2.11 runs on the GPU image, here 2.13 is the only CPU wheel).
+test-floors:
+	PIP_CONSTRAINT=$(CURDIR)/.ci/floors.txt $(MAKE) test VENV=.venv-floors
 
 # The wheel reuses build/ (ninja: only what changed recompiles).
 wheel: install

@@ -30,8 +30,10 @@ rebuild after editing one kernel recompiles only that file.
 """
 
 import glob
+import hashlib
 import os
 import platform
+import sys
 
 import numpy as np
 from setuptools import Extension, setup
@@ -43,7 +45,13 @@ X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0"
 # The x86-64-v3 feature set, spelled out for compilers without -march=x86-64-v3.
 AVX2_FLAGS = ["-mavx", "-mavx2", "-mfma", "-mbmi", "-mbmi2", "-mf16c", "-mlzcnt", "-mmovbe"]
-GEN_DIR = os.path.join(ROOT, "build", "fastrader_gen")
+# Generated files (Cython's C, the build-facts header, the ISA copies of the
+# .pyx) per interpreter and environment: two venvs (two Pythons, or numpy 1
+# and 2, or two torches) building in one checkout must not share them.
+GEN_DIR = os.path.join(
+    ROOT, "build", "fastrader_gen",
+    f"{sys.implementation.cache_tag}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}",
+)
 
 
 def _flags_stamp():
@@ -99,6 +107,7 @@ def cython_extensions():
         exts,
         language_level=3,
         include_path=[ROOT],
+        build_dir=os.path.join(GEN_DIR, "cython"),
         compiler_directives={
             "boundscheck": False,
             "wraparound": False,
@@ -200,7 +209,18 @@ def torch_extensions():
         )
     # use_ninja: BuildExtension falls back to the plain compiler (with a
     # warning) when the ninja executable is missing.
-    return [ext], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=False, use_ninja=True)}
+    base = BuildExtension.with_options(no_python_abi_suffix=False, use_ninja=True)
+
+    class BuildExt(base):
+        """Objects in a fixed folder under build/ (per interpreter and venv),
+        also for `pip install -e`, which otherwise compiles in a fresh temporary
+        folder every time: ninja then recompiles only what changed."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = os.path.join(GEN_DIR, "temp")
+
+    return [ext], {"build_ext": BuildExt}
 
 
 class BuildPyWithAssets(build_py):

@@ -7,7 +7,10 @@ ratio portable / native. Each TREE is a checkout with its compiled modules in
 place, e.g. one built with ``python setup.py build_ext --inplace`` and a copy
 built with ``FASTRADER_NATIVE=1 python setup.py build_ext --inplace``.
 
-    python benchmarks/build_variants.py --portable . --native /tmp/native_tree [--rounds 3] [--json out.json]
+    python benchmarks/build_variants.py --portable . --native /tmp/native_tree [--rounds 5] [--json out.json]
+
+Times are process CPU time by default (--clock cpu; attention with --threads
+1), which a busy machine disturbs far less than wall-clock time.
 
 Rows written by --json: {"case", "impl", "pass", "ms"} with impl
 ``portable`` or ``native`` (the medians over rounds).
@@ -42,17 +45,19 @@ def run_bench(tree, args, extra):
         os.unlink(out)
 
 
-def fastrader_rows(rows):
+def fastrader_rows(rows, metric):
     # Only our own implementation: the peers' code is the same in both builds.
-    return {(r["case"], r["pass"]): r["ms"] for r in rows if r["impl"].startswith("fastrader")}
+    return {(r["case"], r["pass"]): r.get(metric, r["ms"]) for r in rows if r["impl"].startswith("fastrader")}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--portable", required=True, metavar="TREE")
     ap.add_argument("--native", required=True, metavar="TREE")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="attention threads (1: steadier on a busy machine)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
+                    help="cpu (default): process CPU time, steadier on a busy shared machine")
     ap.add_argument("--only", choices=sorted(BENCHES), action="append", help="run only this benchmark")
     ap.add_argument("--json", metavar="PATH")
     a = ap.parse_args(argv)
@@ -60,10 +65,11 @@ def main(argv=None):
     times = defaultdict(list)  # (bench, case, pass, build) -> [ms]
     for rnd in range(a.rounds):
         for bench in a.only or sorted(BENCHES):
-            extra = ["--threads", str(a.threads)] if bench == "attention" else []
+            extra = ["--threads", str(a.threads), "--clock", a.clock] if bench == "attention" else []
+            metric = "cpu_ms" if bench == "features" and a.clock == "cpu" else "ms"
             order = list(trees) if rnd % 2 == 0 else list(trees)[::-1]
             for build in order:
-                for (case, pss), ms in fastrader_rows(run_bench(trees[build], BENCHES[bench], extra)).items():
+                for (case, pss), ms in fastrader_rows(run_bench(trees[build], BENCHES[bench], extra), metric).items():
                     times[(bench, case, pss, build)].append(ms)
         print(f"round {rnd + 1}/{a.rounds} done", file=sys.stderr)
     keys = sorted({k[:3] for k in times})

@@ -21,7 +21,7 @@
 
 namespace fastrader {
 namespace cpu {
-namespace FR_ISA {
+inline namespace FR_ISA {
 namespace {
 
 

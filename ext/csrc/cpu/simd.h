@@ -17,8 +17,18 @@
 #include <immintrin.h>
 #endif
 
+// Outside the ISA builds (a kernel .cpp that includes this directly) the
+// helpers live in their own namespace `plain`, compiled with the file's
+// flags (baseline unless FASTRADER_NATIVE=1): distinct from every ISA copy,
+// so the linker can never mix them up. The namespace is inline, so such a
+// file still names them fastrader::cpu::vload etc.
 #ifndef FR_ISA
-#error "cpu/simd.h is included from cpu/isa_kernels.inc only"
+#define FR_ISA plain
+#if defined(__AVX2__) && defined(__FMA__)
+#define FR_ISA_AVX2 1
+#else
+#define FR_ISA_AVX2 0
+#endif
 #endif
 
 // Passing 32-byte vectors by value without AVX changes the ABI; every helper is
@@ -29,7 +39,7 @@
 
 namespace fastrader {
 namespace cpu {
-namespace FR_ISA {
+inline namespace FR_ISA {
 
 template <typename T>
 struct Simd;

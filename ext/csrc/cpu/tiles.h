@@ -9,7 +9,7 @@
 
 namespace fastrader {
 namespace cpu {
-namespace FR_ISA {
+inline namespace FR_ISA {
 
 // GCC otherwise folds the B loads into every FMA as a memory operand, i.e.
 // reloads them MR times, which makes the loop load-bound.
