@@ -48,7 +48,7 @@ $(VENV)/.deps: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
-	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	$(PIP) install -q --no-build-isolation -e ".[dev,ray]"
 	@touch $@
 
 install: $(VENV)/.installed

@@ -51,10 +51,23 @@ class MarketParams:
     log_volume0: float = np.log(1_200.0)
     volume_slope: float = 0.35
     volume_noise: float = 0.35
+    # A planted, exactly known edge (off by default): the return of bar t gets
+    # sqrt(plant_snr) * eps_{t - plant_lag}, where eps is the random innovation
+    # of bar t - plant_lag (visible in that bar's return). plant_snr is the
+    # variance of the planted part over that of the innovation, so the best
+    # achievable IC on 1-bar returns is about sqrt(snr / (1 + snr)); see oracle_forecast.
+    plant_snr: float = 0.0
+    plant_lag: int = 1
 
 
-def generate(params: MarketParams = MarketParams(), seed: int = 1) -> pd.DataFrame:
-    """Return a DataFrame of synthetic candles in ccxt's column layout."""
+def generate(params: MarketParams = MarketParams(), seed: int = 1, return_planted: bool = False):
+    """Return a DataFrame of synthetic candles in ccxt's column layout.
+
+    With ``return_planted`` also the planted component of every bar's log
+    return (zeros when ``params.plant_snr`` is 0), for :func:`oracle_forecast`.
+    """
+    if params.plant_snr < 0 or params.plant_lag < 1:
+        raise ValueError("plant_snr must be >= 0 and plant_lag >= 1")
     rng = np.random.default_rng(seed)
     n = params.bars
     t0 = int(pd.Timestamp(params.start, tz="UTC").value // 1_000_000)
@@ -75,6 +88,9 @@ def generate(params: MarketParams = MarketParams(), seed: int = 1) -> pd.DataFra
 
     var = np.empty(n)
     r = np.empty(n)
+    planted = np.zeros(n)
+    innov = np.zeros(n)
+    load, lag = float(np.sqrt(params.plant_snr)), int(params.plant_lag)
     long_run = params.omega / (1.0 - params.alpha - params.beta)
     v, prev_eps, prev_r = long_run, 0.0, 0.0
     for i in range(n):
@@ -82,6 +98,11 @@ def generate(params: MarketParams = MarketParams(), seed: int = 1) -> pd.DataFra
         var[i] = v
         eps = np.sqrt(v) * intraday[i] * z[i]
         r[i] = params.drift * regime[i] + params.ar1 * prev_r + eps
+        if load:  # only when planting: the plain market stays bit for bit what it was
+            innov[i] = eps
+            if i >= lag:
+                planted[i] = load * innov[i - lag]
+                r[i] += planted[i]
         prev_eps, prev_r = eps, r[i]
 
     close = params.price0 * np.exp(np.cumsum(r))
@@ -105,7 +126,7 @@ def generate(params: MarketParams = MarketParams(), seed: int = 1) -> pd.DataFra
     volume = np.exp(log_vol)
 
     # Prices to cents and volumes to 5 decimals, as an exchange would report.
-    return pd.DataFrame(
+    df = pd.DataFrame(
         {
             "timestamp": ts,
             "open": np.round(open_, 2),
@@ -115,6 +136,25 @@ def generate(params: MarketParams = MarketParams(), seed: int = 1) -> pd.DataFra
             "volume": np.round(volume, 5),
         }
     )
+    return (df, planted) if return_planted else df
+
+
+def oracle_forecast(planted: np.ndarray, horizon: int, lag: int) -> np.ndarray:
+    """The best forecast at bar t of the next ``horizon`` bars' planted returns.
+
+    Known at t only if every term is: each planted[t + k] (k = 1..horizon)
+    depends on the innovation of bar t + k - lag, so ``lag >= horizon``. NaN
+    where the horizon runs past the data. Its IC against the realised target
+    is the IC a perfect model of the planted edge would reach.
+    """
+    if lag < horizon:
+        raise ValueError(f"a planted edge at lag {lag} is not fully known {horizon} bars ahead (need lag >= horizon)")
+    n = len(planted)
+    c = np.concatenate([[0.0], np.cumsum(planted)])
+    out = np.full(n, np.nan)
+    t = np.arange(n - horizon)
+    out[t] = c[t + horizon + 1] - c[t + 1]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,8 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="data/sample_btcusdt_1h.csv", help="output CSV path (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
     ap.add_argument("--bars", type=int, default=MarketParams.bars, help="number of hourly bars (default: %(default)s)")
+    ap.add_argument("--plant-snr", type=float, default=0.0,
+                    help="plant a predictable edge: returns load on the innovation --plant-lag bars back with this "
+                    "signal-to-noise ratio (default: 0, none)")
+    ap.add_argument("--plant-lag", type=int, default=1, help="lag of the planted edge in bars (default: %(default)s)")
     args = ap.parse_args(argv)
-    df = generate(MarketParams(bars=args.bars), seed=args.seed)
+    if args.plant_snr < 0 or args.plant_lag < 1 or args.bars < 1:
+        import sys
+
+        print("error: --plant-snr must be >= 0, --plant-lag and --bars >= 1", file=sys.stderr)
+        return 2
+    df = generate(MarketParams(bars=args.bars, plant_snr=args.plant_snr, plant_lag=args.plant_lag), seed=args.seed)
     df.to_csv(args.out, index=False)
     print(f"wrote {len(df)} candles to {args.out}")
     return 0

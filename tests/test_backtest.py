@@ -16,15 +16,28 @@ from fastrader.strategy import ModelStrategy
 from fastrader.testing.candles import random_candles
 
 
-def simulate(df, signal, threshold, stake, cash, comm, slip, exit_threshold=0.0):
+def simulate(df, signal, threshold, stake, cash, comm, slip, exit_threshold=0.0, borrow=0.0):
+    """Bar-by-bar re-simulation. ``borrow``: annual rate a short pays on its entry value,
+    once per calendar day held (charged at the first bar of each new UTC day)."""
     o, h, l, c = (df[k].to_numpy() for k in ("open", "high", "low", "close"))
+    day = df["timestamp"].to_numpy() // 86_400_000
     pos, equity, pending, cur = 0.0, [], None, 0.0
+    entry, held_day = 0.0, None
     for t in range(len(df)):
+        if pos < 0 and day[t] > held_day:
+            cash -= borrow * (day[t] - held_day) / 365.0 * abs(pos) * entry
+        if pos:
+            held_day = day[t]
         if pending is not None:  # the order placed at t-1 fills at t's open
             delta = pending
             price = min(o[t] * (1 + slip), h[t]) if delta > 0 else max(o[t] * (1 - slip), l[t])
             cash -= delta * price + abs(delta) * price * comm
+            if pos == 0 or np.sign(pos + delta) != np.sign(pos):
+                entry = price  # a new position (or a flip): its entry price is this fill
+            elif abs(pos + delta) > abs(pos):
+                entry = (entry * abs(pos) + price * abs(delta)) / abs(pos + delta)
             pos += delta
+            held_day = day[t]
             pending = None
         s = signal[t]
         if np.isnan(s):
@@ -45,16 +58,17 @@ def simulate(df, signal, threshold, stake, cash, comm, slip, exit_threshold=0.0)
     return np.array(equity)
 
 
-@pytest.mark.parametrize("slip_bps,comm", [(0.0, 0.0), (5.0, 0.001), (20.0, 0.0025)])
-def test_equity_matches_independent_simulation(slip_bps, comm):
+@pytest.mark.parametrize("slip_bps,comm,borrow", [(0.0, 0.0, 0.0), (5.0, 0.001, 0.1), (20.0, 0.0025, 0.35)])
+def test_equity_matches_independent_simulation(slip_bps, comm, borrow):
     df = random_candles(600, seed=3)
     rng = np.random.default_rng(4)
     # Persistent random signals so positions are held for a while, with a NaN warm-up.
     sig = np.repeat(rng.normal(0, 1, 60), 10)
     sig[:25] = np.nan
     df["signal"] = sig
-    res = run_backtest(df, ModelStrategy, {"threshold": 0.5}, cash=10_000, commission=comm, slippage_bps=slip_bps)
-    ref = simulate(df, sig, 0.5, 0.95, 10_000.0, comm, slip_bps / 1e4)
+    res = run_backtest(df, ModelStrategy, {"threshold": 0.5}, cash=10_000, commission=comm, slippage_bps=slip_bps,
+                       borrow_rate=borrow)
+    ref = simulate(df, sig, 0.5, 0.95, 10_000.0, comm, slip_bps / 1e4, borrow=borrow)
     assert len(res.equity) == len(df)
     np.testing.assert_allclose(res.equity["equity"].to_numpy(), ref, rtol=1e-9)
     assert (res.equity["timestamp"].to_numpy() == df["timestamp"].to_numpy()).all()

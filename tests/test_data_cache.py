@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fastrader.data import fetch_history
-from fastrader.data.cache import CacheEntry, CacheKey, ParquetStore, merge_intervals, missing_intervals
+from fastrader.data.cache import CacheEntry, CacheKey, ParquetStore, cache_key, merge_intervals, missing_intervals
 from fastrader.data.exchange import RetryPolicy
 from fastrader.errors import CacheError
 from fastrader.testing import random_candles
@@ -22,7 +22,11 @@ from fastrader.testing.exchange_server import ExchangeServer
 
 HOUR = 3_600_000
 REPO = Path(__file__).resolve().parent.parent
-KEY = CacheKey("binance", "BTC/USDT", "1h")
+
+
+def _key(server) -> CacheKey:
+    """Where candles from this server are cached: its own namespace, never the exchange's."""
+    return cache_key("binance", "BTC/USDT", "1h", server.url)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +85,16 @@ def _write_bytes_corruption(path: Path) -> None:
 
 
 def _write_checksum_mismatch(path: Path) -> None:
+    if path.suffix == ".bin":
+        # A segment: change one close price in place, keep the header (and its checksum).
+        data = bytearray(path.read_bytes())
+        n_head = int.from_bytes(data[8:12], "little")
+        rows = (len(data) - 12 - n_head) // 48
+        at = 12 + n_head + 8 * rows * 4 + 8 * 10  # close column, row 10
+        value = np.frombuffer(bytes(data[at : at + 8]), dtype=np.float64)[0]
+        data[at : at + 8] = np.float64(value * 1.01).tobytes()  # a silently changed price
+        path.write_bytes(bytes(data))
+        return
     table = pq.read_table(path)
     frame = table.to_pandas()
     frame.loc[10, "close"] *= 1.01  # a silently changed price: valid Parquet, wrong data
@@ -93,27 +107,32 @@ def _write_foreign(path: Path) -> None:
     random_candles(50, seed=1).to_parquet(path, index=False)
 
 
+@pytest.mark.parametrize("where", ["base", "segment"])
 @pytest.mark.parametrize(
     "damage, reason",
     [(_write_bytes_corruption, "corrupt"), (_write_checksum_mismatch, "checksum"), (_write_foreign, "foreign")],
 )
-def test_bad_cache_file_is_reported_and_not_trusted(tmp_path, history, damage, reason):
+def test_bad_cache_file_is_reported_and_not_trusted(tmp_path, history, damage, reason, where):
     ts = history["timestamp"].to_numpy()
     cache = tmp_path / "c"
     with ExchangeServer(history) as server:
-        _fetch(server, cache, int(ts[0]), int(ts[1500]))
+        key = _key(server)
         store = ParquetStore(cache)
-        damage(store.path(KEY))
+        _fetch(server, cache, int(ts[0]), int(ts[1500]))
+        assert store.segment_paths(key) == [] and store.base_path(key).exists()  # compacted after the download
+        _fetch(server, cache, int(ts[0]), int(ts[2500]))
+        assert len(store.segment_paths(key)) == 1  # 1000 new candles, fewer than the base holds: a segment
+        damage(store.base_path(key) if where == "base" else store.segment_paths(key)[0])
         with pytest.raises(CacheError, match=reason):
-            store.read(KEY)
+            store.read(key)
         messages: list[str] = []
-        result = _fetch(server, cache, int(ts[0]), int(ts[1500]), log=messages.append)
+        result = _fetch(server, cache, int(ts[0]), int(ts[2500]), log=messages.append)
         reference = server.candles()
     assert len(messages) == 1 and reason in messages[0] and "downloading again" in messages[0]
-    assert result.stats.pages == 2  # downloaded again, not read from the bad file
-    np.testing.assert_array_equal(result.candles.to_numpy(), reference.iloc[:1500].to_numpy())
-    assert store.read(KEY) is not None
-    assert list(cache.glob("binance/*.corrupt*")), "the bad file is kept aside for inspection"
+    assert result.stats.pages == 3  # downloaded again, not read from the bad entry
+    np.testing.assert_array_equal(result.candles.to_numpy(), reference.iloc[:2500].to_numpy())
+    assert store.read(key) is not None
+    assert list(store.path(key).parent.glob("*.corrupt*")), "the bad entry is kept aside for inspection"
 
 
 def test_entry_of_another_key_is_refused(tmp_path, history):
@@ -121,9 +140,10 @@ def test_entry_of_another_key_is_refused(tmp_path, history):
     entry = CacheEntry(CacheKey("binance", "ETH/USDT", "1h"))
     entry.add(history.iloc[:10], (int(history["timestamp"].iat[0]), int(history["timestamp"].iat[10])))
     store.write(entry)
-    os.replace(store.path(entry.key), store.path(KEY))
+    btc = CacheKey("binance", "BTC/USDT", "1h")
+    os.replace(store.path(entry.key), store.path(btc))
     with pytest.raises(CacheError, match="belongs to binance ETH/USDT 1h"):
-        store.read(KEY)
+        store.read(btc)
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
@@ -152,8 +172,13 @@ def test_killed_download_resumes_to_the_identical_data_set(tmp_path):
         killed_at = server.kline_requests
 
         store = ParquetStore(cache)
-        partial = store.read(KEY)  # readable, checksum intact: not corrupt
+        key = _key(server)
+        partial = store.read(key)  # readable, checksums intact: not corrupt
         assert partial is not None and 10_000 <= len(partial.candles) < len(frame)
+        # The server had been asked for ``killed_at`` pages, so the client held at most
+        # killed_at - 1 of them; losing at most one leaves killed_at - 2 pages in the cache.
+        assert len(partial.candles) % 1000 == 0 and len(partial.candles) >= (killed_at - 2) * 1000
+        assert store.segment_paths(key) and not store.base_path(key).exists()  # pages as segments
         assert len(partial.covered) == 1 and partial.covered[0][0] == since and partial.covered[0][1] < until
         reference = server.candles()
         np.testing.assert_array_equal(partial.candles.to_numpy(), reference.iloc[: len(partial.candles)].to_numpy())
@@ -171,10 +196,11 @@ def test_killed_download_resumes_to_the_identical_data_set(tmp_path):
     assert asked[0] == int(partial.candles["timestamp"].iat[-1]) + HOUR
     assert len(asked) == int(np.ceil((len(frame) - len(partial.candles)) / 1000))
     assert killed_at >= 15
-    assert not list(cache.glob("binance/.*.tmp")), "stale temp files are cleared on the next run"
-    assert store.read(KEY).covered == [(since, until)]
+    assert not list(store.path(key).glob(".*.tmp")), "stale temp files are cleared on the next run"
+    assert store.read(key).covered == [(since, until)]
     print(
-        f"\nkilled after {killed_at} pages with {len(partial.candles)} of {len(frame)} candles saved; "
+        f"\nkilled after {killed_at} page requests with {len(partial.candles)} of {len(frame)} candles saved "
+        f"({killed_at - 1 - len(partial.candles) // 1000} received pages lost); "
         f"rerun fetched {resumed.downloaded} in {resumed.stats.requests} requests; third run {third.stats.requests} requests"
     )
 

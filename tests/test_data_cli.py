@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fastrader.data.__main__ import main
-from fastrader.data.cache import CacheKey, ParquetStore
+from fastrader.data.cache import ParquetStore, cache_key
 from fastrader.data.timeframes import parse_time
 from fastrader.errors import ConfigError
 from fastrader.testing import random_candles
@@ -48,7 +48,8 @@ def test_unknown_symbol_and_timeframe_fail_in_one_line_with_exit_code(tmp_path, 
             assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
             assert "Traceback" not in proc.stderr
         assert server.kline_requests == 0
-    assert not list(cache.glob("*/*.parquet")), "no cache entry for a failed request"
+    assert ParquetStore(cache).keys() == [], "no cache entry for a failed request"
+    assert not [p for p in cache.rglob("*") if p.is_file() and ".locks" not in p.parts]
 
 
 def test_permanent_error_mid_download_keeps_only_what_is_complete(tmp_path, market, capsys):
@@ -60,13 +61,14 @@ def test_permanent_error_mid_download_keeps_only_what_is_complete(tmp_path, mark
         code = main(_args(server, cache, "--symbol", "BTC/USDT", "--since", str(since), "--until", str(until)))
         err = capsys.readouterr().err.strip().splitlines()
         assert code != 0 and len(err) == 1 and "unknown symbol" in err[0]
-        entry = ParquetStore(cache).read(CacheKey("binance", "BTC/USDT", "1h"))
+        key = cache_key("binance", "BTC/USDT", "1h", server.url)
+        entry = ParquetStore(cache).read(key)
         # The two pages received are kept, and known complete only as far as they go.
         assert len(entry.candles) == 2000
         assert entry.covered == [(since, int(btc["timestamp"].iat[2000]))]
         assert main(_args(server, cache, "--symbol", "BTC/USDT", "--since", str(since), "--until", str(until))) == 0
         reference = server.candles("BTC/USDT")
-    entry = ParquetStore(cache).read(CacheKey("binance", "BTC/USDT", "1h"))
+    entry = ParquetStore(cache).read(key)
     np.testing.assert_array_equal(entry.candles.to_numpy(), reference.to_numpy())
     assert entry.covered == [(since, until)]
 
@@ -78,15 +80,19 @@ def test_several_symbols_then_info(tmp_path, market, capsys):
         assert main(_args(server, cache, "--symbol", "BTC/USDT,ETH/USDT", "--since", str(since), "--until", str(until))) == 0
         out = capsys.readouterr().out
         refs = {s: server.candles(s) for s in market}
-    assert "BTC/USDT 1h: 4000 candles" in out and "ETH/USDT 1h: 3000 candles" in out
+        url = server.url
+    assert f"BTC/USDT 1h via {url}: 4000 candles" in out and f"ETH/USDT 1h via {url}: 3000 candles" in out
     store = ParquetStore(cache)
     for symbol, ref in refs.items():
-        np.testing.assert_array_equal(store.read(CacheKey("binance", symbol, "1h")).candles.to_numpy(), ref.to_numpy())
+        np.testing.assert_array_equal(store.read(cache_key("binance", symbol, "1h", url)).candles.to_numpy(), ref.to_numpy())
     assert main(["info", "--cache-dir", str(cache)]) == 0
     info = capsys.readouterr().out
     assert "binance BTC/USDT 1h: 4000 candles" in info and "binance ETH/USDT 1h: 3000 candles" in info
+    # Listed under the namespace of the URL they came from, never as the exchange's own.
+    namespace = cache_key("binance", "BTC/USDT", "1h", url).namespace()
+    assert f"namespace {namespace}: candles fetched via --api-url {url}" in info and "(default)" not in info
     # A damaged file is listed as bad and makes info exit non-zero.
-    path = store.path(CacheKey("binance", "ETH/USDT", "1h"))
+    path = store.base_path(cache_key("binance", "ETH/USDT", "1h", url))
     path.write_bytes(path.read_bytes()[:500])
     assert main(["info", "--cache-dir", str(cache)]) != 0
     assert "BAD  cache file" in capsys.readouterr().out
@@ -141,9 +147,9 @@ def test_config_file_supplies_options_and_the_command_line_wins(tmp_path, market
             f'until = {until}\napi_url = "{server.url}"\ncache_dir = "{tmp_path / "c"}"\nretry_delay = 0.01\n'
         )
         assert main(["download", "--config", str(config), "--no-progress"]) == 0
-        assert "ETH/USDT 1h: 3000 candles" in capsys.readouterr().out
+        assert f"ETH/USDT 1h via {server.url}: 3000 candles" in capsys.readouterr().out
         assert main(["download", "--config", str(config), "--no-progress", "--symbol", "BTC/USDT"]) == 0
-        assert "BTC/USDT 1h: 4000 candles" in capsys.readouterr().out
+        assert f"BTC/USDT 1h via {server.url}: 4000 candles" in capsys.readouterr().out
     config.write_text("[data]\nsymbols = 'BTC/USDT'\n")
     assert main(["download", "--config", str(config)]) == 2
     assert "unknown key(s) in [data]: symbols" in capsys.readouterr().err

@@ -163,7 +163,7 @@ def test_open_last_candle_is_dropped():
     assert served_open
     assert result.candles["timestamp"].iat[-1] == last_open - HOUR
     # Known complete up to (excluding) the first open time that cannot have closed by ``now``.
-    assert result.covered == (int(frame["timestamp"].iat[0]), now - HOUR + 1)
+    assert result.covered == [(int(frame["timestamp"].iat[0]), now - HOUR + 1)] and result.skipped == []
     np.testing.assert_array_equal(result.candles.to_numpy(), reference.to_numpy())
 
 
@@ -210,8 +210,11 @@ def test_okx_windows_newest_first_pages_faults_and_a_long_outage(tmp_path):
     assert candle_paths == {"/api/v5/market/history-candles"}
     assert result.stats.retries == len(faults) > 0
     assert result.stats.slept_s >= faults.count("429") * 1.0  # OKX's 429 Retry-After honoured too
-    # The windows asked for tile the history with no hole, each 300 candles wide, each asked once.
-    assert result.stats.pages == len(windows)
+    # The windows asked for tile the history with no hole, each 300 candles wide, each asked once,
+    # except the quiet windows of the outage, asked twice before they are taken as quiet.
+    assert result.stats.empty_retries >= 1
+    assert result.stats.pages == len(windows) + result.stats.empty_retries
+    assert result.missing == []
     assert windows[0][0] == frame["timestamp"].iat[0] and windows[-1][1] > frame["timestamp"].iat[-1]
     assert all(b - a == 300 * HOUR for a, b in windows)
     assert all(nxt[0] <= prev[1] for prev, nxt in zip(windows, windows[1:]))

@@ -34,5 +34,16 @@ def test_metrics_formulas(periods):
     assert m["cagr"] == pytest.approx(curve[-1] ** (periods / 400) - 1, rel=1e-10)
     assert m["sharpe"] == pytest.approx(x.mean() / x.std(ddof=1) * np.sqrt(periods), rel=1e-10)
     assert m["sortino"] == pytest.approx(x.mean() / np.sqrt(np.mean(np.minimum(x, 0) ** 2)) * np.sqrt(periods), rel=1e-10)
-    assert m["max_drawdown"] == pytest.approx((curve[1:] / np.maximum.accumulate(curve)[1:] - 1).min(), rel=1e-10)
+    assert m["max_drawdown_daily"] == pytest.approx((curve[1:] / np.maximum.accumulate(curve)[1:] - 1).min(), rel=1e-10)
     assert (m["n_trades"], m["bars"], m["bars_per_s"]) == (7, 9600, 4800.0)
+
+
+def test_bar_level_drawdown_against_numpy():
+    from fastrader.report.metrics import max_drawdown
+
+    rng = np.random.default_rng(5)
+    values = 1_000.0 * np.cumprod(1 + rng.normal(0, 0.01, 5_000))
+    ref = (np.r_[1_000.0, values] / np.maximum.accumulate(np.r_[1_000.0, values]) - 1).min()
+    assert max_drawdown(values, 1_000.0) == pytest.approx(ref, rel=1e-12)
+    assert max_drawdown(values * 0 + 900.0, 1_000.0) == pytest.approx(-0.1)  # a first-bar loss counts
+    assert max_drawdown(np.r_[1_000.0, 500.0, 0.0, 0.0], 1_000.0) == -1.0  # a wiped-out account

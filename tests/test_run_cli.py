@@ -14,7 +14,8 @@ import pytest
 from fastrader.run import build_parser, main
 from fastrader.testing.candles import random_candles
 
-KEYS = ["total_return", "cagr", "sharpe", "sortino", "max_drawdown", "n_trades", "bars", "bars_per_s"]
+KEYS = ["total_return", "cagr", "sharpe", "sortino", "max_drawdown", "max_drawdown_daily", "n_trades", "bars",
+        "bars_per_s", "in_sample_bars"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,9 @@ def independent_metrics(equity_csv, cash, periods=365):
         "cagr": (1 + total) ** (periods / len(r)) - 1,
         "sharpe": r.mean() / r.std(ddof=1) * np.sqrt(periods),
         "sortino": r.mean() / np.sqrt(np.mean(np.minimum(r, 0) ** 2)) * np.sqrt(periods),
-        "max_drawdown": (values / peak - 1).min(),
+        "max_drawdown_daily": (values / peak - 1).min(),
+        # what the trader lived through: every bar's equity against its running peak, the start included
+        "max_drawdown": (np.r_[cash, eq["equity"]] / np.maximum.accumulate(np.r_[cash, eq["equity"]]) - 1).min(),
         "bars": len(eq),
     }
 
@@ -66,9 +69,25 @@ def test_metrics_match_independent_computation(tiny_run):
     _, out = tiny_run
     m = json.loads((out / "metrics.json").read_text())
     ref = independent_metrics(out / "equity.csv", cash=10_000.0)
-    for k in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown"):
+    for k in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "max_drawdown_daily"):
         assert m[k] == pytest.approx(ref[k], rel=1e-6, abs=1e-9), k
+    assert m["max_drawdown"] < m["max_drawdown_daily"]  # the intraday trough is deeper than the daily one
     assert m["bars"] == ref["bars"]
+
+
+def test_metrics_match_empyrical(tiny_run):
+    """sharpe, sortino, cagr and the daily drawdown against empyrical, an independent library."""
+    import empyrical  # empyrical-reloaded, a dev dependency
+    _, out = tiny_run
+    m = json.loads((out / "metrics.json").read_text())
+    eq = pd.read_csv(out / "equity.csv")
+    s = pd.Series(eq["equity"].to_numpy(), index=pd.to_datetime(eq["timestamp"], unit="ms"))
+    daily = s.groupby(s.index.floor("D")).last()
+    r = pd.Series(np.r_[daily.iloc[0] / 10_000.0, daily.to_numpy()[1:] / daily.to_numpy()[:-1]] - 1, index=daily.index)
+    assert m["sharpe"] == pytest.approx(empyrical.sharpe_ratio(r, annualization=365), rel=1e-9)
+    assert m["sortino"] == pytest.approx(empyrical.sortino_ratio(r, annualization=365), rel=1e-9)
+    assert m["cagr"] == pytest.approx(empyrical.annual_return(r, annualization=365), rel=1e-9)
+    assert m["max_drawdown_daily"] == pytest.approx(empyrical.max_drawdown(r), rel=1e-9)
     assert m["n_trades"] == len(pd.read_csv(out / "trades.csv"))
 
 
@@ -86,7 +105,7 @@ def test_tearsheet_has_rows_and_chart_matching_metrics(tiny_run):
     assert float(_html_row(html, "Sharpe")[-1]) == pytest.approx(m["sharpe"], abs=0.006)
     assert float(_html_row(html, "Sortino")[-1]) == pytest.approx(m["sortino"], abs=0.006)
     mdd = float(_html_row(html, "Max Drawdown")[-1].rstrip("%")) / 100
-    assert mdd == pytest.approx(m["max_drawdown"], abs=6e-5)
+    assert mdd == pytest.approx(m["max_drawdown_daily"], abs=6e-5)
     assert "<svg" in html  # charts are embedded, not linked
 
 

@@ -80,6 +80,51 @@ def _kernel_devices():
 _KERNEL_DEVICES = _kernel_devices()
 
 
+BACKENDS = ("cpu", "cuda-mma", "cuda-scalar")
+
+
+def can_run(backend, q, window=256, dilation=1, sinks=0):
+    """Whether ``backend`` computes sparse attention for ``q``: ``(ok, reason)``.
+
+    Backends: ``"cpu"`` (the C++ kernels), ``"cuda-mma"`` (the tensor-core
+    kernels: float16/bfloat16, head dim <= 128, compute capability >= 8.0,
+    and ``FASTRADER_CUDA_KERNEL`` not set to ``scalar``) and ``"cuda-scalar"``
+    (every dtype; the CUDA op uses it whenever ``cuda-mma`` cannot run).
+    Mirrors the dispatch in ext/csrc/cuda/sparse_attention_cuda.cu and
+    mma_supported() in fwd_mma.cu. window, dilation and sinks do not restrict
+    any backend today; they are part of the question for future kernels.
+    """
+    import os
+
+    if backend not in BACKENDS:
+        return False, f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}"
+    if _LOAD_ERROR is not None:
+        return False, f"the extension fastrader._C is not built ({_LOAD_ERROR})"
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        return False, "q must be a 4-D tensor (batch, heads, seq, head_dim)"
+    lo, hi = HEAD_DIM_RANGE
+    if not lo <= q.shape[-1] <= hi:
+        return False, f"head_dim {q.shape[-1]} outside [{lo}, {hi}]"
+    if q.dtype not in _DTYPES:
+        return False, f"dtype {q.dtype} not supported"
+    want = "cpu" if backend == "cpu" else "cuda"
+    if q.device.type != want:
+        return False, f"{backend} needs a {want} tensor, got {q.device}"
+    if want not in _KERNEL_DEVICES:
+        return False, f"fastrader._C was built without {want} kernels"
+    if backend == "cuda-mma":
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            return False, f"tensor-core kernels take float16/bfloat16, got {q.dtype} (cuda-scalar runs it)"
+        if q.shape[-1] > 128:
+            return False, f"tensor-core kernels take head_dim <= 128, got {q.shape[-1]}"
+        major, minor = torch.cuda.get_device_capability(q.device)
+        if major < 8:
+            return False, f"tensor-core kernels need compute capability >= 8.0, device has {major}.{minor}"
+        if os.environ.get("FASTRADER_CUDA_KERNEL") == "scalar":
+            return False, "FASTRADER_CUDA_KERNEL=scalar forces the scalar kernels"
+    return True, "ok"
+
+
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise AttentionTypeError(f"sparse_attention: {name} must be an int, got {type(value).__name__}")
@@ -199,3 +244,125 @@ if available():
         return dq, dk, dv, None, None, None, None
 
     torch.library.register_autograd("fastrader::sparse_attn_fwd", _backward, setup_context=_setup_context)
+
+
+# ---- single-query decode over a ring-buffer KV cache (bar-by-bar inference) ----------
+
+
+def _decode_kernel_devices():
+    if _LOAD_ERROR is not None:
+        return frozenset()
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return frozenset(dev for dev, key in keys.items() if has("fastrader::sparse_attn_decode", key))
+
+
+_DECODE_DEVICES = _decode_kernel_devices()
+
+
+def decode_cache_slots(window, dilation=1, sinks=0):
+    """Slots a decode cache needs: the sink keys, then one ring of window * dilation."""
+    return int(sinks) + int(window) * int(dilation)
+
+
+def check_decode_inputs(q, k_cache, v_cache, pos, window, dilation, sinks, scale):
+    """Validates :func:`sparse_attention_decode`'s arguments; returns (window, dilation, sinks, scale)."""
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("pos", pos)):
+        if not isinstance(t, torch.Tensor):
+            raise AttentionTypeError(f"sparse_attention_decode: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if q.dim() != 3:
+        raise AttentionArgumentError(
+            f"sparse_attention_decode: q must be 3-D (batch, heads, head_dim), got shape {tuple(q.shape)}"
+        )
+    window = _check_int("window", window, 1)
+    dilation = _check_int("dilation", dilation, 1)
+    sinks = _check_int("sinks", sinks, 0)
+    B, H, D = q.shape
+    slots = sinks + window * dilation
+    want = (B, H, slots, D)
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if tuple(t.shape) != want:
+            raise AttentionArgumentError(
+                f"sparse_attention_decode: {name} must have shape (batch, heads, sinks + window*dilation, head_dim) "
+                f"= {want}, got {tuple(t.shape)}"
+            )
+    if q.dtype not in _DTYPES:
+        raise AttentionTypeError(
+            f"sparse_attention_decode: dtype must be float32, float64, bfloat16 or float16, got {q.dtype}"
+        )
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise AttentionTypeError(
+            "sparse_attention_decode: q, k_cache, v_cache must share one dtype, got "
+            f"{q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+        )
+    if pos.dtype != torch.int64 or tuple(pos.shape) != (B,):
+        raise AttentionArgumentError(
+            f"sparse_attention_decode: pos must be an int64 tensor of shape ({B},), got {pos.dtype} {tuple(pos.shape)}"
+        )
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("pos", pos)):
+        if t.device != q.device:
+            raise AttentionArgumentError(
+                f"sparse_attention_decode: {name} is on {t.device}, q on {q.device}; all must be on one device"
+            )
+    lo, hi = HEAD_DIM_RANGE
+    if not lo <= D <= hi:
+        raise AttentionArgumentError(f"sparse_attention_decode: head_dim must be in [{lo}, {hi}], got {D}")
+    if q.device.type == "cpu" and B and int(pos.min()) < 0:  # free on CPU; on a GPU it would be a sync
+        raise AttentionArgumentError(f"sparse_attention_decode: pos must be >= 0, got {int(pos.min())}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise AttentionTypeError(f"sparse_attention_decode: scale must be a float or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise AttentionArgumentError(f"sparse_attention_decode: scale must be finite, got {scale}")
+    return window, dilation, sinks, scale
+
+
+def decode_slot_mask(pos, window, dilation, sinks):
+    """(B, slots) bool: which cache slots the query at each ``pos`` sees (the op's exact rule)."""
+    span = window * dilation
+    slot = torch.arange(sinks + span, device=pos.device)
+    p = pos[:, None]
+    sink = (slot[None, :] < sinks) & (slot[None, :] <= p)
+    # ring slot r holds the newest key j >= sinks with j mod span == r, i.e. j = p - ((p - r) mod span)
+    r = (slot - sinks)[None, :]
+    back = torch.remainder(p - r, span)
+    j = p - back
+    ring = (slot[None, :] >= sinks) & (j >= sinks) & (back % dilation == 0) & (back < span)
+    return sink | ring
+
+
+def _decode_torch(q, k_cache, v_cache, pos, window, dilation, sinks, scale):
+    """Plain PyTorch decode (any device): the fallback where no kernel is registered."""
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    mask = decode_slot_mask(pos, window, dilation, sinks)  # (B, S)
+    s = torch.einsum("bhd,bhsd->bhs", q.to(work), k_cache.to(work)) * scale
+    s = s.masked_fill(~mask[:, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    v = v_cache.to(work).masked_fill(~mask[:, None, :, None], 0.0)  # unused slots may hold anything
+    return torch.einsum("bhs,bhsd->bhd", p, v).to(q.dtype)
+
+
+def sparse_attention_decode(q, k_cache, v_cache, pos, window, dilation=1, sinks=0, scale=None):
+    """Attention of one new query per sequence over a ring-buffer KV cache.
+
+    q: (batch, heads, head_dim); k_cache, v_cache: (batch, heads, sinks +
+    window*dilation, head_dim); pos: (batch,) int64, each query's position,
+    whose own key is already written to the cache. Slots [0, sinks) hold the
+    keys of positions 0..sinks-1; a key at position j >= sinks lives in slot
+    sinks + (j mod window*dilation). The result equals row ``pos`` of
+    :func:`sparse_attention` over the full sequence. Uses the compiled kernel
+    of q's device when there is one, else a plain PyTorch path.
+    """
+    window, dilation, sinks, scale = check_decode_inputs(q, k_cache, v_cache, pos, window, dilation, sinks, scale)
+    if q.device.type in _DECODE_DEVICES:
+        return torch.ops.fastrader.sparse_attn_decode(q, k_cache, v_cache, pos, window, dilation, sinks, scale)
+    return _decode_torch(q, k_cache, v_cache, pos, window, dilation, sinks, scale)
+
+
+if available():
+
+    @torch.library.register_fake("fastrader::sparse_attn_decode")
+    def _decode_fake(q, k_cache, v_cache, pos, window, dilation, sinks, scale):
+        return q.new_empty(q.shape)

@@ -41,7 +41,8 @@ def _network(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-url",
         default=None,
-        help="REST base URL replacing the exchange's (a proxy, a mirror or a test server), e.g. http://127.0.0.1:8765",
+        help="REST base URL replacing the exchange's (a proxy, a mirror or a test server), e.g. http://127.0.0.1:8765; "
+        "candles fetched through it are cached in a namespace of their own, never as the exchange's",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for one response (default: 10)")
     parser.add_argument("--retries", type=int, default=8, help="retries of a failing request before giving up (default: 8)")
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     _network(download)
     _common(download)
 
-    info = sub.add_parser("info", help="list what is cached", description="List cached candle sets with their ranges and gaps.")
+    info = sub.add_parser("info", help="list what is cached", description="List cached candle sets with their ranges, complete ranges and gaps, "
+        "grouped by namespace (the exchange's own, then one per --api-url).")
     _common(info)
 
     export = sub.add_parser(
@@ -134,7 +136,6 @@ def cmd_info(args) -> int:
     from fastrader.data.cache import CacheKey, ParquetStore
     from fastrader.data.gaps import find_gaps
     from fastrader.data.timeframes import format_ms, timeframe_ms
-    from fastrader.errors import CacheError
 
     store = ParquetStore(args.cache_dir)
     keys = store.keys()
@@ -143,24 +144,31 @@ def cmd_info(args) -> int:
         print("(empty)")
         return 0
     bad = 0
-    for key in keys:
-        if not isinstance(key, CacheKey):
-            try:
-                store.read_file(key)
-            except CacheError as exc:
-                print(f"  BAD  {exc}")
-            bad += 1
-            continue
-        entry = store.read(key)
-        candles = entry.candles
-        span = (
-            f"{format_ms(candles['timestamp'].iat[0])} .. {format_ms(candles['timestamp'].iat[-1])}"
-            if len(candles)
-            else "no candles"
-        )
-        covered = ", ".join(f"[{format_ms(s)} .. {format_ms(e)})" for s, e in entry.covered) or "nothing"
-        gaps = find_gaps(candles["timestamp"].to_numpy(), timeframe_ms(key.timeframe))
-        print(f"  {key}: {len(candles)} candles, {span}; complete for {covered}; {gaps.summary(show=3)}")
+    # The exchanges' own candles first, then each --api-url namespace under its URL.
+    for source in sorted({k.source for k in keys if isinstance(k, CacheKey)}):
+        if source:
+            namespace = CacheKey("x", "X/Y", "1m", source).namespace()
+            print(f"namespace {namespace}: candles fetched via --api-url {source}")
+        else:
+            print("namespace (default): candles from the exchanges themselves")
+        for key in (k for k in keys if isinstance(k, CacheKey) and k.source == source):
+            entry = store.read(key)
+            candles = entry.candles
+            span = (
+                f"{format_ms(candles['timestamp'].iat[0])} .. {format_ms(candles['timestamp'].iat[-1])}"
+                if len(candles)
+                else "no candles"
+            )
+            covered = ", ".join(f"[{format_ms(s)} .. {format_ms(e)})" for s, e in entry.covered) or "nothing"
+            gaps = find_gaps(candles["timestamp"].to_numpy(), timeframe_ms(key.timeframe))
+            pending = f"; {len(entry.segments)} segment(s) not yet compacted" if entry.segments else ""
+            print(
+                f"  {key.exchange} {key.symbol} {key.timeframe}: {len(candles)} candles, {span}; "
+                f"complete for {covered}; {gaps.summary(show=3)}{pending}"
+            )
+    for path in (k for k in keys if not isinstance(k, CacheKey)):
+        print(f"  BAD  {store.describe_bad(path)}")
+        bad += 1
     return 1 if bad else 0
 
 

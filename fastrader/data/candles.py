@@ -95,7 +95,7 @@ def _timestamps_ms(values: pd.Series, source: str, first_line: int | None) -> np
         if fractional.any():
             pos = int(np.flatnonzero(fractional)[0])
             raise DataError(
-                f"{source}: timestamp {as_float[pos]!r} at {_where(pos, first_line)} is not whole milliseconds"
+                f"{source}: timestamp {_num(as_float[pos])} at {_where(pos, first_line)} is not whole milliseconds"
             )
         ms = as_float.astype(np.int64)
     low = ms < _MS_MIN
@@ -110,16 +110,35 @@ def _timestamps_ms(values: pd.Series, source: str, first_line: int | None) -> np
     return ms
 
 
-def validate_candles(df: pd.DataFrame, source: str = "candles", *, first_line: int | None = None) -> pd.DataFrame:
+ON_BAD = ("error", "drop", "nan")
+
+
+def _num(x) -> str:
+    """A number as a person writes it (25969.88), never numpy's repr (np.float64(25969.88))."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def validate_candles(df: pd.DataFrame, source: str = "candles", *, first_line: int | None = None,
+                     on_bad: str = "error") -> pd.DataFrame:
     """Check a candle frame and return a clean copy in the canonical layout.
 
     Column names are matched case-insensitively; other columns are dropped.
     Raises :class:`DataError` naming the first problem and where it is:
-    missing columns, non-numeric or missing values, non-positive prices,
-    negative volume, high below low, timestamps that are not UTC milliseconds,
-    out of order, or duplicated. ``first_line`` turns positions into file line
-    numbers (the line of the first data row).
+    missing columns, non-numeric values, timestamps that are not UTC
+    milliseconds, out of order, or duplicated. ``first_line`` turns positions
+    into file line numbers (the line of the first data row).
+
+    *Bad bars* (a missing value, a non-positive price, a negative volume,
+    high below low, or open or close outside [low, high]) follow ``on_bad``:
+    ``error`` (default) raises naming the row and its values; ``drop``
+    removes them (the frame's ``attrs["note"]`` says how many and the first);
+    ``nan`` keeps bars whose prices are finite and positive but inconsistent,
+    for the feature engine to blank out and restart its warm-up after, and
+    drops the rest (a broker cannot price them).
     """
+    if on_bad not in ON_BAD:
+        raise DataError(f"on_bad must be one of {', '.join(ON_BAD)}, got {on_bad!r}")
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
     by_lower: dict[str, object] = {}
@@ -133,29 +152,45 @@ def validate_candles(df: pd.DataFrame, source: str = "candles", *, first_line: i
 
     out: dict[str, np.ndarray] = {}
     out["timestamp"] = _timestamps_ms(df[by_lower["timestamp"]], source, first_line)
+    unpriceable = np.zeros(len(df), dtype=bool)  # no broker can fill or mark these
+    problems: list[tuple[np.ndarray, object]] = []  # (mask, message for the first row)
     for name in COLUMNS[1:]:
         values = _numeric(df[by_lower[name]], name, source, first_line)
         nan = np.isnan(values)
-        if nan.any():
-            pos = int(np.flatnonzero(nan)[0])
-            raise DataError(f"{source}: missing (NaN) value in column '{name}' at {_where(pos, first_line)}")
+        problems.append((nan, lambda p, n=name: f"missing (NaN) value in column '{n}' at {_where(p, first_line)}"))
         if name in PRICE_COLUMNS:
-            bad = ~(values > 0) | ~np.isfinite(values)
+            bad = ~nan & (~(values > 0) | ~np.isfinite(values))
+            unpriceable |= nan | bad
             what = "non-positive or infinite price"
         else:
-            bad = (values < 0) | ~np.isfinite(values)
+            bad = ~nan & ((values < 0) | ~np.isfinite(values))
+            unpriceable |= nan | bad
             what = "negative or infinite volume"
-        if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{source}: {what} {values[pos]!r} in column '{name}' at {_where(pos, first_line)}")
+        problems.append((bad, lambda p, n=name, v=values, w=what: f"{w} {_num(v[p])} in column '{n}' at "
+                                                                  f"{_where(p, first_line)}"))
         out[name] = values
 
-    inverted = out["high"] < out["low"]
-    if inverted.any():
-        pos = int(np.flatnonzero(inverted)[0])
-        raise DataError(
-            f"{source}: high {out['high'][pos]!r} is below low {out['low'][pos]!r} at {_where(pos, first_line)}"
-        )
+    o, h, l, c = (out[k] for k in PRICE_COLUMNS)
+    with np.errstate(invalid="ignore"):
+        inverted = h < l
+        outside = ~inverted & ((o < l) | (o > h) | (c < l) | (c > h))
+    problems.append((inverted, lambda p: f"high {_num(h[p])} is below low {_num(l[p])} at {_where(p, first_line)}"))
+    problems.append((outside, lambda p: f"open or close outside [low, high] at {_where(p, first_line)}: "
+                                        f"open={_num(o[p])} high={_num(h[p])} low={_num(l[p])} close={_num(c[p])}"))
+    bad_any = np.zeros(len(df), dtype=bool)
+    for mask, _ in problems:
+        bad_any |= mask
+    note = None
+    if bad_any.any():
+        first = int(np.flatnonzero(bad_any)[0])
+        message = next(m(first) for mask, m in problems if mask[first])
+        if on_bad == "error":
+            raise DataError(f"{source}: {message} (--on-bad-bars drop or nan to go on)")
+        drop = bad_any if on_bad == "drop" else unpriceable
+        kept = int((bad_any & ~drop).sum())
+        note = (f"{source}: {int(bad_any.sum()):,} bad bars, the first {message}; "
+                f"{int(drop.sum()):,} dropped" + (f", {kept:,} kept for the features to skip" if kept else ""))
+        out = {k: v[~drop] for k, v in out.items()}
 
     ts = out["timestamp"]
     if len(ts) > 1:
@@ -175,6 +210,8 @@ def validate_candles(df: pd.DataFrame, source: str = "candles", *, first_line: i
 
     frame = pd.DataFrame(out, columns=list(COLUMNS))
     frame["timestamp"] = frame["timestamp"].astype(np.int64)
+    if note:
+        frame.attrs["note"] = note
     return frame
 
 

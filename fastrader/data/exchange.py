@@ -57,6 +57,7 @@ class RequestStats:
     requests: int = 0
     retries: int = 0
     pages: int = 0
+    empty_retries: int = 0  # empty pages asked again (not errors: the answer was a valid empty list)
     slept_s: float = 0.0
     errors: Counter = field(default_factory=Counter)
 
@@ -65,6 +66,8 @@ class RequestStats:
         text = f"{self.requests} requests, {self.pages} pages, {self.retries} retries"
         if causes:
             text += f" ({causes}; {self.slept_s:.1f} s backing off)"
+        if self.empty_retries:
+            text += f", {self.empty_retries} empty pages asked again"
         return text
 
 

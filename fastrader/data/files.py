@@ -100,7 +100,18 @@ def read_parquet_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read as Parquet ({_first_line(exc)})") from None
 
 
-def load_candles(path: str | os.PathLike, format: str = "auto") -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
+    """Any CSV or Parquet table (not only candles), with the loader's one-line errors."""
+    p = _check_path(path)
+    if _is_parquet(p):
+        return read_parquet_table(p)
+    try:
+        return pd.read_csv(p, **exact_float_kwargs())
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{p}: cannot read as CSV ({_first_line(exc)})") from None
+
+
+def load_candles(path: str | os.PathLike, format: str = "auto", on_bad: str = "error") -> pd.DataFrame:
     """Load and validate a CSV or Parquet file of candles.
 
     ``format`` is 'ccxt' (timestamp,open,high,low,close,volume, with or
@@ -109,6 +120,7 @@ def load_candles(path: str | os.PathLike, format: str = "auto") -> pd.DataFrame:
     Returns a new frame with a RangeIndex and exactly the columns timestamp
     (int64 UTC ms), open, high, low, close, volume (float64), ascending.
     Raises :class:`fastrader.errors.DataError` with one line on any problem.
+    ``on_bad`` is the policy for bad bars (see :func:`validate_candles`).
     """
     from fastrader.data.formats import FORMATS, READERS, detect_format
 
@@ -118,11 +130,12 @@ def load_candles(path: str | os.PathLike, format: str = "auto") -> pd.DataFrame:
     if not _is_parquet(p):
         fmt = detect_format(p) if format == "auto" else format
         if fmt in READERS:
-            return READERS[fmt](p)
+            frame = READERS[fmt](p)
+            return validate_candles(frame, source=str(p), on_bad=on_bad) if on_bad != "error" else frame
     if _is_parquet(p):
         table, first_line = read_parquet_table(p), None
     else:
         table, first_line = read_csv_table(p)
     if table.empty:
         raise DataError(f"{p}: no rows")
-    return validate_candles(table, source=str(p), first_line=first_line)
+    return validate_candles(table, source=str(p), first_line=first_line, on_bad=on_bad)

@@ -55,6 +55,16 @@ class GapReport:
         return f"{text}; at {listed}{more}"
 
 
+def typical_step_ms(timestamps) -> int:
+    """The most common spacing of the candles in ms (gaps do not change it); 0 for fewer than 2."""
+    steps = np.diff(np.asarray(timestamps, dtype=np.int64))
+    steps = steps[steps > 0]
+    if len(steps) == 0:
+        return 0
+    values, counts = np.unique(steps, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
 def find_gaps(timestamps, timeframe_ms: int) -> GapReport:
     """Gaps between consecutive candles further apart than one timeframe.
 

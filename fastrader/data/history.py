@@ -3,8 +3,10 @@
 ``load_history`` is what ``python -m fastrader.run --exchange ...`` and
 ``python -m fastrader.data download`` call. It reads the cache entry, works out
 which parts of [since, until) are not yet known, downloads only those (no
-exchange client is even created when nothing is missing), and saves after
-every page, so an interrupted run resumes where it stopped.
+exchange client is even created when nothing is missing), and commits every
+page as it comes (one small segment each, see :mod:`.cache`), so an
+interrupted run resumes where it stopped. Candles fetched through
+``api_url`` are cached apart from the exchange's own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
-from fastrader.data.cache import CacheEntry, CacheKey, CandleStore, ParquetStore, missing_intervals
+from fastrader.data.cache import CacheEntry, CacheKey, CandleStore, ParquetStore, cache_key, missing_intervals
 from fastrader.data.download import check_symbol, check_timeframe, download_candles, load_markets
 from fastrader.data.exchange import RequestStats, RetryPolicy, make_exchange
 from fastrader.data.gaps import GapReport, fill_gaps, find_gaps
@@ -33,6 +35,8 @@ class HistoryResult:
     stats: RequestStats
     downloaded: int = 0  # candles fetched from the exchange in this call
     warnings: list[str] = field(default_factory=list)
+    # Parts of the range not known complete (the exchange answered them with nothing): not gaps, holes.
+    missing: list[tuple[int, int]] = field(default_factory=list)
 
     def summary(self) -> str:
         n = len(self.candles)
@@ -41,7 +45,14 @@ class HistoryResult:
         else:
             span = "no candles"
         net = "from cache, no network" if self.stats.requests == 0 else self.stats.summary()
-        return f"{self.key}: {n} candles, {span}; {self.downloaded} downloaded ({net}); {self.gaps.summary()}"
+        text = f"{self.key}: {n} candles, {span}; {self.downloaded} downloaded ({net}); {self.gaps.summary()}"
+        if self.missing:
+            first = self.missing[0]
+            text += (
+                f"; NOT COMPLETE: {len(self.missing)} stretch(es) unknown, first "
+                f"[{format_ms(first[0])} .. {format_ms(first[1])}) (rerun to retry)"
+            )
+        return text
 
 
 def _normalise_symbol(symbol: str) -> str:
@@ -79,7 +90,7 @@ def fetch_history(
         raise ConfigError(f"until ({format_ms(until_ms)}) must be after since ({format_ms(since_ms)})")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     store = store or ParquetStore(cache_dir)
-    key = CacheKey(exchange_id, symbol, timeframe)
+    key = cache_key(exchange_id, symbol, timeframe, api_url)
     stats = RequestStats()
     warnings: list[str] = []
 
@@ -106,10 +117,9 @@ def fetch_history(
             bar = _progress_bar(progress, key, sum(max(0, (e - s) // tf_ms) for s, e in todo))
             try:
                 for start, stop in todo:
-                    def on_page(page: pd.DataFrame, covered_end: int, start=start) -> None:
+                    def on_page(page: pd.DataFrame, covered) -> None:
                         nonlocal downloaded
-                        entry.add(page, (start, covered_end))
-                        store.write(entry)  # after every page: a kill loses at most one page
+                        store.append(entry, page, covered)  # one segment per page: a kill loses at most one page
                         downloaded += len(page)
                         if bar is not None:
                             bar.update(len(page))
@@ -118,24 +128,28 @@ def fetch_history(
                     done = download_candles(
                         client, symbol, timeframe, start, stop, policy=retry, stats=stats, now=now, on_page=on_page
                     )
-                    if done.covered[1] < stop:
+                    for a, b in done.skipped:
                         warnings.append(
-                            f"{exchange_id} stopped returning {symbol} candles after {format_ms(done.covered[1])}; "
-                            "the rest of the range stays missing (rerun to retry)"
+                            f"{exchange_id} answered twice with no {symbol} candles from {format_ms(a)}; stepped over "
+                            f"[{format_ms(a)} .. {format_ms(b)}), which stays missing, not complete (rerun to retry)"
                         )
                         log(f"warning: {warnings[-1]}")
+                store.compact_if_due(entry)
             finally:
+                store.flush(entry)
                 if bar is not None:
                     # Gaps and the listing date make the estimate high: end the bar at what came.
                     bar.total = bar.n
                     bar.refresh()
                     bar.close()
 
+        missing = missing_intervals((since_ms, end), entry.covered) if end > since_ms else []
+
     candles = entry.slice(since_ms, until_ms)
     gaps = find_gaps(candles["timestamp"].to_numpy(), tf_ms)
     if fill:
         candles = fill_gaps(candles, tf_ms)
-    return HistoryResult(candles, key, since_ms, until_ms, gaps, stats, downloaded, warnings)
+    return HistoryResult(candles, key, since_ms, until_ms, gaps, stats, downloaded, warnings, missing)
 
 
 def load_history(

@@ -79,10 +79,12 @@ class SparseSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.backend = "sdpa"  # set by CausalTransformer.set_backend
 
-    def forward(self, x):
+    def forward(self, x, kv: list | None = None):
         B, N, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, N, self.h, C // self.h).transpose(1, 2).contiguous() for t in (q, k, v))
+        if kv is not None:  # a stream's caches are filled from these
+            kv.append((k, v))
         # Sinks are the learned tokens at the front; the window is counted in bars.
         y = attend(q, k, v, window=self.window, dilation=self.dilation, sinks=self.sinks, backend=self.backend)
         return self.proj(y.transpose(1, 2).reshape(B, N, C))
@@ -97,8 +99,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x):
-        x = x + self.drop(self.attn(self.ln1(x)))
+    def forward(self, x, kv: list | None = None):
+        x = x + self.drop(self.attn(self.ln1(x), kv))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -127,16 +129,26 @@ class CausalTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, n_features), finite. Returns (B, N) scores."""
+        return self.forward_state(x)[0]
+
+    def forward_state(self, x: torch.Tensor, keep: bool = False):
+        """Scores, and with ``keep`` what a bar-by-bar stream needs to continue.
+
+        Returns (scores, state); state is None, or a dict with ``conv_in``
+        (B, N, d_model), the convolution's input, and ``kv``, one (k, v) pair per
+        layer of shape (B, heads, sinks + N, head_dim), sink tokens first.
+        """
         B = x.shape[0]
         h = self.inp(x)
+        state = {"conv_in": h, "kv": []} if keep else None
         h = h + self.conv(h)
         s = self.cfg.sinks
         if s:
             h = torch.cat([self.sink.unsqueeze(0).expand(B, -1, -1).to(h.dtype), h], dim=1)
         for blk in self.blocks:
-            h = blk(h)
+            h = blk(h, state["kv"] if keep else None)
         out = self.head(self.ln_f(h)).squeeze(-1)
-        return out[:, s:]
+        return out[:, s:], state
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -14,7 +14,23 @@ import warnings
 import numpy as np
 import pandas as pd
 
-METRIC_KEYS = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "n_trades", "bars", "bars_per_s")
+METRIC_KEYS = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "max_drawdown_daily", "n_trades", "bars",
+               "bars_per_s")
+
+
+def max_drawdown(values, start_value: float) -> float:
+    """Deepest fall of the bar-level equity from its running peak (the start included), as a fraction <= 0.
+
+    This is what the trader lived through; the daily figure (``max_drawdown_daily``,
+    the tearsheet's) only sees each day's last bar and misses intraday troughs.
+    """
+    v = np.concatenate([[float(start_value)], np.asarray(values, dtype=np.float64)])
+    if len(v) == 1:
+        return 0.0
+    peak = np.maximum.accumulate(v)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dd = np.where(peak > 0, v / peak - 1.0, 0.0)
+    return float(dd.min())
 
 
 def _utc_naive_index(ts_ms) -> pd.DatetimeIndex:
@@ -58,7 +74,7 @@ def compute_metrics(returns: pd.Series, *, n_trades: int, bars: int, seconds: fl
             "cagr": f(qs.stats.cagr(returns, periods=periods)),
             "sharpe": f(qs.stats.sharpe(returns, periods=periods)),
             "sortino": f(qs.stats.sortino(returns, periods=periods)),
-            "max_drawdown": f(qs.stats.max_drawdown(returns)),
+            "max_drawdown_daily": f(qs.stats.max_drawdown(returns)),
             "n_trades": int(n_trades),
             "bars": int(bars),
             "bars_per_s": f(bars / seconds) if seconds > 0 else float("nan"),

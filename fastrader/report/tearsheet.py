@@ -17,8 +17,13 @@ def write_tearsheet(
     title: str = "fastrader backtest",
     benchmark_title: str = "Buy & hold",
     periods: int = 365,
+    chart: str | Path | None = None,
 ) -> Path:
-    """Write the HTML tearsheet; returns and benchmark are daily, tz-naive UTC."""
+    """Write the HTML tearsheet; returns and benchmark are daily, tz-naive UTC.
+
+    ``chart`` (the run's chart.png) is embedded at the top of the page and
+    links to the file beside it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,4 +52,26 @@ def write_tearsheet(
             # numbers differ from metrics.json.
             match_dates=False,
         )
+    # The browser tab shows the run's own title (an IN-SAMPLE run must say so there too).
+    import html as _html
+    import re
+
+    text = path.read_text()
+    text = re.sub(r"<title>.*?</title>", f"<title>{_html.escape(title)}</title>", text, count=1, flags=re.S)
+    if chart is not None and Path(chart).is_file():
+        text = _embed_chart(text, Path(chart))
+    path.write_text(text)
     return path
+
+
+def _embed_chart(text: str, chart: Path) -> str:
+    import base64
+    import re
+
+    kind = "svg+xml" if chart.suffix.lower() == ".svg" else "png"
+    data = base64.b64encode(chart.read_bytes()).decode("ascii")
+    block = (f'<div id="fastrader-chart"><h3>Price, entries and exits, signal and position '
+             f'(<a href="{chart.name}">{chart.name}</a>)</h3>'
+             f'<img alt="trades chart" style="width:100%" src="data:image/{kind};base64,{data}"></div>')
+    m = re.search(r"<body[^>]*>", text)
+    return text[:m.end()] + block + text[m.end():] if m else block + text

@@ -17,8 +17,19 @@ Faults are injected per klines request, either queued explicitly
 * ``"disconnect"``: headers and half the body are sent, then the socket closes
 * ``"overlap"``: the page starts a few candles before ``startTime`` (duplicates
   across pages, as some exchanges do)
+* ``"empty"``: a klines page with no candles although candles exist (a glitch
+  some exchanges have); :meth:`ExchangeServer.empty_at` makes every request
+  from one ``startTime`` answer so
 * permanent ones, never drawn at random: ``"bad_symbol"`` (400, -1121),
   ``"bad_interval"`` (400, -1120), ``"auth"`` (401, -2015)
+
+``ignore_since`` makes the server behave like exchanges that do not page:
+``"latest"`` answers every klines request with the newest ``limit`` candles,
+``"first"`` with the oldest, whatever ``startTime`` says.
+
+Closed candles are rendered to JSON once (per 4096-candle chunk, on first
+use) and a page is a join of those rows, so after one warm-up pass the server
+costs little per page and is not what a download benchmark measures.
 
 It listens on 127.0.0.1 only. Every wait is bounded and ends at shutdown.
 
@@ -45,7 +56,7 @@ import pandas as pd
 
 TRANSIENT_FAULTS = ("429", "5xx", "timeout", "disconnect")
 PERMANENT_FAULTS = ("bad_symbol", "bad_interval", "auth")
-ALL_FAULTS = TRANSIENT_FAULTS + ("overlap",) + PERMANENT_FAULTS
+ALL_FAULTS = TRANSIENT_FAULTS + ("overlap", "empty") + PERMANENT_FAULTS
 
 BINANCE_INTERVALS_MS = {
     "1s": 1_000,
@@ -150,6 +161,35 @@ class _Series:
         # what ``candles()`` reports as the reference.
         self.values = np.round(frame[["open", "high", "low", "close", "volume"]].to_numpy(dtype=np.float64), 8)
         self.interval_ms = interval_ms
+        self._chunks: dict[int, list[bytes]] = {}
+
+    def binance_rows(self, lo: int, hi: int) -> list[bytes]:
+        """Candles lo..hi-1 as closed Binance klines, JSON-encoded (each chunk once, on first use)."""
+        out: list[bytes] = []
+        for chunk in range(lo // _CHUNK, (hi - 1) // _CHUNK + 1 if hi > lo else lo // _CHUNK):
+            rows = self._chunks.get(chunk)
+            if rows is None:
+                a, b = chunk * _CHUNK, min(len(self.ts), (chunk + 1) * _CHUNK)
+                rows = [
+                    _binance_row(t, o, h, low, c, v, self.interval_ms)
+                    for t, (o, h, low, c, v) in zip(self.ts[a:b].tolist(), self.values[a:b].tolist())
+                ]
+                self._chunks[chunk] = rows
+            base = chunk * _CHUNK
+            out.extend(rows[max(lo, base) - base : min(hi, base + _CHUNK) - base])
+        return out
+
+
+_CHUNK = 4096
+
+
+def _binance_row(t: int, o: float, h: float, low: float, c: float, v: float, step: int) -> bytes:
+    # Binance's kline array: open time, OHLCV as 8-decimal strings, close time,
+    # quote volume, trade count, taker buy volumes, and an ignored field.
+    return (
+        f'[{t},"{o:.8f}","{h:.8f}","{low:.8f}","{c:.8f}","{v:.8f}",{t + step - 1},"{v * c:.8f}",'
+        f'{1 + int(v * 7) % 5000},"{v / 2:.8f}","{v * c / 2:.8f}","0"]'
+    ).encode()
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):
@@ -198,6 +238,7 @@ class ExchangeServer:
         timeout_delay_s: float = 2.0,
         page_delay_s: float = 0.0,
         overlap: int = 3,
+        ignore_since: str | bool | None = None,
         max_requests: int = 20_000,
         port: int = 0,
     ):
@@ -221,6 +262,12 @@ class ExchangeServer:
         self.timeout_delay_s = timeout_delay_s
         self.page_delay_s = page_delay_s
         self.overlap = overlap
+        if ignore_since is True:
+            ignore_since = "latest"
+        if ignore_since not in (None, False, "latest", "first"):
+            raise ValueError(f"ignore_since must be None, 'latest' or 'first', not {ignore_since!r}")
+        self.ignore_since = ignore_since or None
+        self._empty_at: dict[int, int] = {}  # startTime -> empty answers left (-1: always)
         self.max_requests = max_requests
         self._rng = random.Random(seed)
         self._queued: collections.deque[str | None] = collections.deque()
@@ -253,6 +300,15 @@ class ExchangeServer:
             raise ValueError(f"unknown fault kind {kind}")
         with self._lock:
             self._queued.extend([None] * after + [kind] * count)
+
+    def empty_at(self, start_ms: int, count: int = -1) -> None:
+        """Answer klines requests with ``startTime == start_ms`` with no candles (``count`` times; -1: always)."""
+        with self._lock:
+            self._empty_at[int(start_ms)] = int(count)
+
+    def clear_empty(self) -> None:
+        with self._lock:
+            self._empty_at.clear()
 
     @property
     def kline_requests(self) -> int:
@@ -296,6 +352,15 @@ class ExchangeServer:
             h, low = max(h, c), min(low, c)
         return o, h, low, c, v, is_open
 
+    def _take_empty(self, start: int) -> bool:
+        with self._lock:
+            left = self._empty_at.get(int(start))
+            if left is None or left == 0:
+                return False
+            if left > 0:
+                self._empty_at[int(start)] = left - 1
+            return True
+
     def _next_fault(self) -> str | None:
         with self._lock:
             if self._queued:
@@ -309,6 +374,9 @@ class ExchangeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as separate writes; without this, Nagle holds the
+            # body back until the client acknowledges the headers (a delayed ACK).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # keep test output clean
                 pass
@@ -463,6 +531,8 @@ class ExchangeServer:
                     return self._json(200, {"code": "0", "msg": "", "data": []})
                 if server.page_delay_s:
                     server._stop.wait(server.page_delay_s)
+                if fault == "empty":
+                    return self._json(200, {"code": "0", "msg": "", "data": []})
                 now = server._now()
                 step = series.interval_ms
                 n_exist = int(np.searchsorted(series.ts, now, side="right"))
@@ -519,36 +589,28 @@ class ExchangeServer:
                 # Candles that exist: opened at or before now (the last one may be open).
                 n_exist = int(np.searchsorted(series.ts, now, side="right"))
                 ts, values = series.ts[:n_exist], series.values[:n_exist]
+                if server.ignore_since is not None:
+                    start = end = None  # a server that does not page: the same candles whatever was asked
+                if fault == "empty" or (start is not None and server._take_empty(start)):
+                    if fault != "empty":
+                        with server._lock:
+                            server.faults.append("empty")
+                    return self._raw(200, b"[]")
                 lo = 0 if start is None else int(np.searchsorted(ts, start, side="left"))
                 hi = n_exist if end is None else int(np.searchsorted(ts, end, side="right"))
                 if fault == "overlap" and start is not None:
                     lo = max(0, lo - server.overlap)
-                if start is None:
+                if start is None and server.ignore_since != "first":
                     lo = max(lo, hi - limit)
                 hi = min(hi, lo + limit)
-                rows = []
-                for i in range(lo, hi):
+                # Closed candles come pre-rendered; only a still-open last one is built per request.
+                closed_hi = max(lo, min(hi, int(np.searchsorted(ts, now - step, side="right"))))
+                parts = series.binance_rows(lo, closed_hi)
+                for i in range(closed_hi, hi):
                     bar = server._bar(ts, values, i, step, now)
-                    if bar is None:
-                        continue
-                    o, h, low, c, v, _ = bar
-                    rows.append(
-                        [
-                            int(ts[i]),
-                            f"{o:.8f}",
-                            f"{h:.8f}",
-                            f"{low:.8f}",
-                            f"{c:.8f}",
-                            f"{v:.8f}",
-                            int(ts[i] + step - 1),
-                            f"{v * c:.8f}",
-                            1 + int(v * 7) % 5000,
-                            f"{v / 2:.8f}",
-                            f"{v * c / 2:.8f}",
-                            "0",
-                        ]
-                    )
-                self._json(200, rows, cut=(fault == "disconnect"))
+                    if bar is not None:
+                        parts.append(_binance_row(int(ts[i]), *bar[:5], step))
+                self._raw(200, b"[" + b",".join(parts) + b"]", cut=(fault == "disconnect"))
 
         return Handler
 
@@ -566,11 +628,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     parser.add_argument("--timeout-delay", type=float, default=2.0, help="seconds a 'timeout' fault holds the answer")
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with 429")
+    parser.add_argument("--max-requests", type=int, default=20_000, help="answer 503 after this many requests")
+    parser.add_argument("--prerender", action="store_true", help="render every kline row before serving (for benchmarks)")
     args = parser.parse_args(argv)
     server = ExchangeServer(
         load_candles(args.csv), symbol=args.symbol, interval=args.interval, fault_rate=args.fault_rate, port=args.port,
         exchange=args.exchange, seed=args.seed, timeout_delay_s=args.timeout_delay, retry_after_s=args.retry_after,
+        max_requests=args.max_requests,
     )
+    if args.prerender:
+        for series in server.series.values():
+            series.binance_rows(0, len(series.ts))
     print(f"serving {args.symbol} {args.interval} at {server.url}", flush=True)
 
     def _stop(signum, frame):

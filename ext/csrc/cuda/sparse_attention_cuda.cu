@@ -1,6 +1,9 @@
-// CUDA kernels of fastrader::sparse_attn_fwd / sparse_attn_bwd.
+// CUDA kernels of fastrader::sparse_attn_fwd / sparse_attn_bwd, and the
+// dispatch between them: float16/bfloat16 with head dim <= 128 on a device of
+// compute capability >= 8.0 go to the tensor-core kernels (fwd_mma.cu,
+// bwd_mma.cu); float32/float64 and the rest run the kernels below.
 //
-// A first, deliberately simple implementation: every query row (forward, dQ)
+// The kernels below are a deliberately simple implementation: every query row (forward, dQ)
 // or key row (dK/dV) is owned by a group of TPR consecutive threads of one
 // warp, each holding E consecutive elements of the head dimension in
 // registers; dot products are reduced with butterfly shuffles inside the
@@ -35,6 +38,7 @@
 #include <torch/library.h>
 
 #include "check.h"
+#include "cuda/mma_launch.h"
 
 #include <cmath>
 #include <cstdint>
@@ -421,6 +425,10 @@ std::tuple<at::Tensor, at::Tensor> sparse_attn_fwd_cuda(const at::Tensor& q_, co
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(compute_type(q.scalar_type())));
   if (q.numel() == 0) return {out, lse};
+  if (mma_supported(q)) {
+    mma_fwd(q, k, v, out, lse, window, dilation, sinks, scale);
+    return {out, lse};
+  }
   const Geo g = make_geo(q, window, dilation, sinks);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "sparse_attn_fwd_cuda", [&] {
@@ -472,6 +480,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cuda(
   at::Tensor dk = at::empty(q.sizes(), q.options());
   at::Tensor dv = at::empty(q.sizes(), q.options());
   if (q.numel() == 0) return {dq, dk, dv};
+  if (mma_supported(q)) {
+    mma_bwd(dout, q, k, v, o, lse, glse, dq, dk, dv, window, dilation, sinks, scale);
+    return {dq, dk, dv};
+  }
   const Geo g = make_geo(q, window, dilation, sinks);
   at::Tensor delta = at::empty(row_shape, q.options().dtype(ct));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
