@@ -26,7 +26,17 @@ import pandas as pd
 from .broker import DEFAULT_BORROW_RATE
 from .errors import ConfigError, DataError, FastraderError
 
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "data" / "sample_btcusdt_1h.csv"
+
+def _sample_data() -> Path:
+    # A wheel carries the sample inside the package (setup.py copies it to
+    # assets/sample/); a checkout has it in the top-level data/ folder.
+    here = Path(__file__).resolve().parent
+    packaged = here / "assets" / "sample" / "sample_btcusdt_1h.csv"
+    checkout = here.parent / "data" / "sample_btcusdt_1h.csv"
+    return packaged if packaged.is_file() or not checkout.is_file() else checkout
+
+
+SAMPLE_DATA = _sample_data()
 ON_BAD_BARS = ("error", "drop", "nan")
 
 

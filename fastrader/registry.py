@@ -4,7 +4,8 @@
 
 * a built-in name (``model``, ``model_long_only``);
 * a file name from a ``strategies/`` folder: ``./strategies/NAME.py`` first,
-  then the ``strategies/`` folder of the fastrader checkout. The file defines
+  then the ``strategies/`` folder of the fastrader checkout, then the copies
+  of those examples inside an installed package. The file defines
   ``Strategy`` (or exactly one Backtrader strategy class);
 * ``module:Class`` or ``path/to/file.py:Class``.
 """
@@ -23,10 +24,15 @@ from .errors import ConfigError
 from .strategy import BUILTIN
 
 REPO_STRATEGIES = Path(__file__).resolve().parent.parent / "strategies"
+# A wheel has no checkout around it: setup.py copies the examples here.
+PACKAGED_STRATEGIES = Path(__file__).resolve().parent / "assets" / "strategies"
 
 
 def strategy_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "strategies", REPO_STRATEGIES]
+    # The checkout's folder only in a checkout: installed, the package's parent
+    # is site-packages, whose `strategies/` (if any) belongs to someone else.
+    in_checkout = (REPO_STRATEGIES.parent / "pyproject.toml").is_file()
+    dirs = [Path.cwd() / "strategies"] + ([REPO_STRATEGIES] if in_checkout else []) + [PACKAGED_STRATEGIES]
     seen, out = set(), []
     for d in dirs:
         r = d.resolve()

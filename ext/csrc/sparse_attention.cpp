@@ -28,8 +28,31 @@ TORCH_LIBRARY(fastrader, m) {
       "int dilation, int sinks, float scale) -> Tensor");
 }
 
-// `import fastrader._C` only has to run the static registrations above.
+// What this binary is, for `fastrader doctor` / `--version`: the facts come
+// from the build itself (setup.py writes fastrader_build_info.h) and from the
+// CPU kernel dispatch, so they cannot drift from the loaded .so.
+#include "fastrader_build_info.h"
+#include "cpu/isa.h"
+
+static PyObject* fr_build_info(PyObject*, PyObject*) {
+#if defined(FASTRADER_WITH_CUDA)
+  PyObject* cuda = Py_True;
+#else
+  PyObject* cuda = Py_False;
+#endif
+  return Py_BuildValue("{s:s,s:O,s:s,s:O,s:s,s:s,s:s}", "torch", FR_BUILD_TORCH, "cuda", cuda,
+                       "cuda_archs", FR_BUILD_CUDA_ARCHS, "native", FR_BUILD_NATIVE ? Py_True : Py_False,
+                       "compiler", __VERSION__, "cpu_isa_compiled", fastrader_cpu_isa_compiled(),
+                       "cpu_isa", fastrader_cpu_isa_selected());
+}
+
+static PyMethodDef fr_methods[] = {
+    {"build_info", fr_build_info, METH_NOARGS, "dict of build facts: torch, cpu_isa, cuda_archs, ..."},
+    {nullptr, nullptr, 0, nullptr}};
+
+// `import fastrader._C` runs the static registrations above; the module
+// itself only carries build_info().
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastrader torch ops", -1, nullptr};
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastrader torch ops", -1, fr_methods};
   return PyModule_Create(&module);
 }

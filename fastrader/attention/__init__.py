@@ -4,6 +4,8 @@
     out = sparse_attention(q, k, v, window=256, dilation=1, sinks=0, scale=None)
 
 The pure PyTorch reference lives in :mod:`fastrader.attention.reference`.
+When the compiled extension does not load, :func:`available` is False and
+:func:`load_error` keeps the ImportError (``fastrader doctor`` prints it).
 """
 
 from .mask import sparse_attention_mask
@@ -12,8 +14,11 @@ from .ops import (
     AttentionTypeError,
     available,
     check_inputs,
+    load_error,
+    load_error_line,
     sparse_attention,
     sparse_attention_with_lse,
+    warn_fallback,
 )
 
 __all__ = [
@@ -21,7 +26,10 @@ __all__ = [
     "AttentionTypeError",
     "available",
     "check_inputs",
+    "load_error",
+    "load_error_line",
     "sparse_attention",
     "sparse_attention_mask",
     "sparse_attention_with_lse",
+    "warn_fallback",
 ]

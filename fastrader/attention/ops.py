@@ -8,6 +8,7 @@ that mistakes come back as one-line Python errors.
 
 import math
 import numbers
+import sys
 
 import torch
 
@@ -17,7 +18,7 @@ try:  # importing the library runs its TORCH_LIBRARY registrations
     from fastrader import _C  # noqa: F401
 
     _LOAD_ERROR = None
-except ImportError as exc:  # not built: report it when the op is used
+except ImportError as exc:  # not built, or built against another torch: kept, reported on use
     _LOAD_ERROR = exc
 
 HEAD_DIM_RANGE = (8, 128)
@@ -36,6 +37,35 @@ class AttentionTypeError(FastraderError, TypeError):
 def available():
     """True when the compiled extension ``fastrader._C`` could be imported."""
     return _LOAD_ERROR is None
+
+
+def load_error():
+    """The ImportError raised by ``import fastrader._C``, or None when it loaded."""
+    return _LOAD_ERROR
+
+
+def load_error_line():
+    """The load error as one line, e.g. for a warning ('' when it loaded)."""
+    if _LOAD_ERROR is None:
+        return ""
+    return " ".join(f"{type(_LOAD_ERROR).__name__}: {_LOAD_ERROR}".split())
+
+
+_warned = False
+
+
+def warn_fallback(backend="sdpa"):
+    """Prints, once per process, one stderr line saying that the extension did
+    not load, why, and which backend runs instead (``--attention auto``)."""
+    global _warned
+    if _LOAD_ERROR is None or _warned:
+        return
+    _warned = True
+    print(
+        f"warning: fastrader._C did not load ({load_error_line()}); attention runs on the slower "
+        f"{backend} backend (see `fastrader doctor`)",
+        file=sys.stderr,
+    )
 
 
 def _kernel_devices():

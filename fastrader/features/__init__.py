@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastrader.features._engine import Engine
-from fastrader.features._kernels import atr, bbands, ema, macd, rsi, sma, stddev
+from fastrader._isa import use_variants
+
+use_variants(__name__, ("_engine", "_kernels"))  # the AVX2/FMA builds where the CPU has them
+
+from fastrader.features._engine import Engine  # noqa: E402
+from fastrader.features._kernels import atr, bbands, ema, macd, rsi, sma, stddev  # noqa: E402
 from fastrader.features.normalize import Normalizer, rolling_zscore
 from fastrader.features.spec import KINDS, FeatureSpec, default_spec
 from fastrader.features.stream import FeatureStream

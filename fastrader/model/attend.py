@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import available as _fastrader_available
-from ..attention import sparse_attention
+from ..attention import sparse_attention, warn_fallback
 from ..errors import ConfigError
 
 BACKENDS = ("auto", "fastrader", "sdpa", "flash")
@@ -29,7 +29,10 @@ def resolve_backend(name: str) -> str:
     if name not in BACKENDS:
         raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
-        return "fastrader" if _fastrader_available() else "sdpa"
+        if _fastrader_available():
+            return "fastrader"
+        warn_fallback()  # one stderr line with the import error: never a silent fallback
+        return "sdpa"
     if name == "fastrader" and not _fastrader_available():
         raise ConfigError("attention backend 'fastrader' needs the compiled extension; reinstall with `make install`")
     if name == "flash":

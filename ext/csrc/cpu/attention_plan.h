@@ -65,5 +65,18 @@ inline void sink_exclude(const Geometry& g, const Chunk& ch, int64_t i, int hi, 
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Elements per SIMD vector: every ISA build works on 32-byte vectors, so the
+// padded head dim Dp (a scratch layout fact) is the same for all of them.
+template <typename T>
+constexpr int64_t vec_width() {
+  return 32 / sizeof(T);
+}
+
+template <typename T>
+struct Head {  // one (batch, head) of every tensor the backward touches
+  const T *q, *k, *v, *out, *dout, *lse, *glse;
+  T *dq, *dk, *dv;
+};
+
 }  // namespace cpu
 }  // namespace fastrader

@@ -1,17 +1,34 @@
 // Portable 256-bit SIMD helpers for the CPU attention kernels.
 //
-// GCC/Clang vector extensions instead of raw intrinsics: with -march=native on
-// an AVX2 machine they compile to ymm FMA code, on AVX-512 machines to the
-// same width (the kernels are tuned for 16 ymm registers), and with
-// FASTRADER_NATIVE=0 to pairs of SSE registers -- one source for all.
+// GCC/Clang vector extensions instead of raw intrinsics: in the avx2 and
+// avx512 ISA builds (see isa.h) they compile to ymm FMA code (the kernels are
+// tuned for 16 ymm registers; AVX-512VL adds 16 more for the compiler), and in
+// the base build to pairs of SSE registers -- one source for all. Included
+// inside one ISA region of cpu/isa_kernels.inc: everything lives in the
+// namespace FR_ISA, and FR_ISA_AVX2 (not __AVX2__, which GCC does not define
+// under `#pragma GCC target`) selects the intrinsic paths.
 #pragma once
 
 #include <cmath>
 #include <cstring>
 #include <limits>
 
-#if defined(__AVX2__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
+
+// Outside the ISA builds (a kernel .cpp that includes this directly) the
+// helpers live in their own namespace `plain`, compiled with the file's
+// flags (baseline unless FASTRADER_NATIVE=1): distinct from every ISA copy,
+// so the linker can never mix them up. The namespace is inline, so such a
+// file still names them fastrader::cpu::vload etc.
+#ifndef FR_ISA
+#define FR_ISA plain
+#if defined(__AVX2__) && defined(__FMA__)
+#define FR_ISA_AVX2 1
+#else
+#define FR_ISA_AVX2 0
+#endif
 #endif
 
 // Passing 32-byte vectors by value without AVX changes the ABI; every helper is
@@ -22,6 +39,7 @@
 
 namespace fastrader {
 namespace cpu {
+inline namespace FR_ISA {
 
 template <typename T>
 struct Simd;
@@ -93,7 +111,7 @@ FR_INLINE vec_t<T> vmax(vec_t<T> a, vec_t<T> b) {
       5.5507337488555575e-2f) * (f) + 2.4022242077964223e-1f) * (f) + \
     6.931469775939149e-1f) * (f) + 1.0f)
 
-#if defined(__AVX2__)
+#if FR_ISA_AVX2
 FR_INLINE Simd<float>::V vexp2(Simd<float>::V xv) {
   // Clamping at -127 makes the biased exponent 0, i.e. a scale of +0.0, so
   // dead lanes come out as exactly 0 without a compare and mask. maxps
@@ -132,5 +150,6 @@ FR_INLINE Simd<double>::V vexp2(Simd<double>::V x) {
 constexpr double kLog2e = 1.4426950408889634074;
 constexpr double kLn2 = 0.6931471805599453094;
 
+}  // namespace FR_ISA
 }  // namespace cpu
 }  // namespace fastrader

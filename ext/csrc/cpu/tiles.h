@@ -9,12 +9,13 @@
 
 namespace fastrader {
 namespace cpu {
+inline namespace FR_ISA {
 
 // GCC otherwise folds the B loads into every FMA as a memory operand, i.e.
 // reloads them MR times, which makes the loop load-bound.
 template <typename V>
 FR_INLINE void keep_in_register(V& v) {
-#if defined(__AVX__)
+#if FR_ISA_AVX2
   asm("" : "+x"(v));
 #else
   (void)v;
@@ -85,5 +86,6 @@ FR_INLINE void tile_rows(int mr, const T* A, long ars, long acs, const T* B, lon
   }
 }
 
+}  // namespace FR_ISA
 }  // namespace cpu
 }  // namespace fastrader
