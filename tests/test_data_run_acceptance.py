@@ -45,7 +45,8 @@ def test_run_over_exchange_download_equals_run_over_csv(model_and_data, capsys):
         assert server.kline_requests == 3  # 2397 candles: three 1000-candle pages
     # The CSV the second run reads holds exactly what the exchange served (Binance's 8 decimals).
     served.to_csv(d / "served.csv", index=False, float_format="%.17g")
-    assert run_main(["--data", str(d / "served.csv"), "--out", str(d / "via_csv"), *common]) == 0
+    # Named as the same instrument, so the symbol columns of the two runs agree as well.
+    assert run_main(["--data", str(d / "served.csv"), "--symbol", "BTC/USDT", "--out", str(d / "via_csv"), *common]) == 0
 
     via_exchange = json.loads((d / "via_exchange" / "metrics.json").read_text())
     via_csv = json.loads((d / "via_csv" / "metrics.json").read_text())
