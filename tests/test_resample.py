@@ -99,10 +99,15 @@ def test_exchange_source_timeframe_resamples_like_the_file(tmp_path):
         assert a[k] == b[k], k
 
 
-def test_coarse_feed_bar_is_seen_only_after_it_closes(tmp_path):
+@pytest.mark.parametrize("n, seed, start_ms", [
+    (2400, 12, 1_700_006_400_000 - 1_700_006_400_000 % DAY),  # starts on a day, ends inside one
+    (900, 5, 1_700_000_000_000),  # starts and steps off the hour grid (22:13:20 UTC): was a crash at the end
+    (24 * 40, 3, 1_700_006_400_000 - 1_700_006_400_000 % DAY),  # ends exactly at a day's close
+])
+def test_coarse_feed_bar_is_seen_only_after_it_closes(n, seed, start_ms):
     """A strategy's 4h and 1d feeds (Backtrader resampledata): at every 1h bar, the coarse bar it sees is the
     last one that has closed by that bar's open, with the pandas-resampled values."""
-    df = gapping_candles(2400, seed=12, missing=0.02, start_ms=1_700_006_400_000 - 1_700_006_400_000 % DAY)
+    df = gapping_candles(n, seed=seed, missing=0.02, start_ms=start_ms)
     strat_rows, res = watch(df)
     assert len(strat_rows) == len(df)
     ts = df["timestamp"].to_numpy()
@@ -119,6 +124,9 @@ def test_coarse_feed_bar_is_seen_only_after_it_closes(tmp_path):
         want = bars[["open", "high", "low", "close", "volume"]].to_numpy()[j[has]]
         np.testing.assert_allclose(vals[has], want, rtol=1e-12)
         assert (ends[j[has]] <= ts[has]).all()  # never a bucket still open at that bar
+        # by the end, every complete bucket and no partial one was delivered (Backtrader would flush the
+        # bucket still open when the feed runs out)
+        assert watch.final_lens[k] == len(bars)
     assert len(res.trades) == 0 and res.bars == len(df)
 
 
@@ -133,6 +141,8 @@ def watch(df):
     class Keep(CoarseWatcher):
         def stop(self):
             seen["rows"] = self.seen
+            seen["final_lens"] = (len(self.data1), len(self.data2))
 
     res = run_backtest(df, Keep, context=Keep.coarse_feeds)
+    watch.final_lens = seen["final_lens"]
     return seen["rows"], res

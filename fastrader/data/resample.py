@@ -25,6 +25,7 @@ fine bar that opens at or after the coarse bar's close, never earlier.
 from __future__ import annotations
 
 import backtrader as bt
+from backtrader.resamplerfilter import Resampler
 import numpy as np
 import pandas as pd
 
@@ -98,6 +99,16 @@ def bt_timeframe(timeframe: str) -> tuple[int, int]:
     return bt.TimeFrame.Seconds, ms // 1000
 
 
+class ClosedOnly(Resampler):
+    """Backtrader's Resampler, except that the bucket still open when the feed runs out is dropped
+    unless ``last_closed`` says the data reached its end (Backtrader would deliver it, incomplete)."""
+
+    params = (("last_closed", False),)
+
+    def last(self, data):
+        return super().last(data) if self.p.last_closed else False
+
+
 def add_coarse_feed(cerebro: bt.Cerebro, frame: pd.DataFrame, timeframe: str, name: str):
     """Add ``name@timeframe``: ``frame``'s symbol resampled by Backtrader, for context (never traded).
 
@@ -106,15 +117,33 @@ def add_coarse_feed(cerebro: bt.Cerebro, frame: pd.DataFrame, timeframe: str, na
     """
     from fastrader.data.feed import make_feed
     from fastrader.data.gaps import typical_step_ms
+    from fastrader.data.timeframes import timeframe_ms
 
     ts = frame["timestamp"].to_numpy(np.int64)
+    if len(ts) == 0:
+        raise ConfigError(f"{name}: no candles for a {timeframe} context feed")
     step = int(typical_step_ms(ts)) if len(ts) > 1 else 0
-    closed = frame[["timestamp", "open", "high", "low", "close", "volume"]].copy()
-    # Backtrader's resampler reads a bar's stamp as its end: stamp each candle 1 ms before its close, so a
-    # day's last hour stays in that day and a 4h bucket holds exactly the candles that open inside it.
-    closed["timestamp"] = ts + step - 1
-    base = make_feed(closed, name=f"{name}@close")
+    coarse = timeframe_ms(timeframe)
+    origin = _origin(coarse)
+    start = (ts - origin) // coarse * coarse + origin
+    end = start + coarse
+    # A first bucket that the data starts inside is left out (its open is not in the data), and a last
+    # one that it ends inside is never flushed when the feed runs out (ClosedOnly), so only complete
+    # bars are delivered, as in resample_candles.
+    keep = start >= (start[0] if ts[0] == start[0] else start[0] + coarse)
+    closed = frame.loc[keep, ["timestamp", "open", "high", "low", "close", "volume"]].copy()
+    if len(closed) == 0:
+        raise ConfigError(f"{name}: the data holds no complete {timeframe} bar, so its {timeframe} context "
+                          "feed would stay empty")
+    # Backtrader's resampler reads a bar's stamp as its end: stamp each candle 1 ms before its close (or
+    # before its bucket's end, for candles not aligned to the coarse grid), so a day's last hour stays in
+    # that day and a 4h bucket holds exactly the candles that open inside it.
+    closed["timestamp"] = np.minimum(ts[keep] + step - 1, end[keep] - 1)
+    base = make_feed(closed.reset_index(drop=True), name=f"{name}@close")
     tf, comp = bt_timeframe(timeframe)
-    data = cerebro.resampledata(base, name=f"{name}@{timeframe}", timeframe=tf, compression=comp)
+    # cerebro.resampledata with a resampler that knows whether the data's last bucket closed
+    base.addfilter(ClosedOnly, timeframe=tf, compression=comp, last_closed=bool(ts[-1] + step >= end[-1]))
+    data = cerebro.adddata(base, name=f"{name}@{timeframe}")
+    cerebro._doreplay = True  # what resampledata sets: the data is resampled, so Cerebro steps bar by bar
     data.fr_context = True
     return data
