@@ -359,11 +359,15 @@ def traded_frames(prep, end: int | None = None) -> dict[str, pd.DataFrame]:
     return out
 
 
-def chart_or_note(out: Path, frames: dict, result, files: dict, warns: list) -> None:
-    """Write chart.png beside the other files; a chart that fails is a warning, never a lost run."""
+def chart_or_note(out: Path, frames: dict, result, files: dict, warns: list) -> tuple[dict, list]:
+    """Write chart.png beside the other files; a chart that fails is a warning, never a lost run.
+
+    Adds to ``files``/``warns`` and returns them (a worker process sends them back that way).
+    """
     from .report.chart import write_chart
 
     try:
         files["chart"] = write_chart(out / "chart.png", frames, result)
     except Exception as exc:  # the results are already on disk
         warns.append(f"warning: chart.png not written ({type(exc).__name__}: {exc})")
+    return files, warns

@@ -446,7 +446,7 @@ def run_metrics(prep: Prepared, result) -> tuple[pd.Series, dict]:
 
 def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
     """Metrics and result files, then the tearsheet."""
-    from .report import write_results, write_tearsheet
+    from .report import write_results
     from .report.metrics import benchmark_returns
 
     from .markets import chart_or_note, equal_weight_benchmark, equity_table, per_symbol, traded_frames
@@ -493,22 +493,26 @@ def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
         out, metrics=metrics, equity=equity_table(result), trades=result.trades, signals=signals, extra=run_info,
         orders=result.orders,
     )
-    chart_or_note(out, frames, result, files, warns)
-    if cfg.tearsheet:
+    if not cfg.tearsheet:
+        chart_or_note(out, frames, result, files, warns)
+    else:
+        from .report.parallel import run_jobs
+        from .report.tearsheet import finish_tearsheet, layout_tearsheet
+
         bench = equal_weight_benchmark(frames) if portfolio else benchmark_returns(traded)
         title = f"fastrader: {cfg.strategy} on {', '.join(frames) if portfolio else prep.source}"
         if prep.in_sample_bars:
             title = f"IN-SAMPLE ({prep.in_sample_bars:,} bars in the model's training range): {title}"
         try:
-            files["tearsheet"] = write_tearsheet(
-                returns,
-                bench,
-                out / "tearsheet.html",
-                title=title,
-                benchmark_title="Equal-weight buy & hold" if portfolio else "Buy & hold",
-                periods=cfg.periods_per_year,
-                chart=files.get("chart"),
-            )
+            layout, title = layout_tearsheet(returns, bench, title=title, periods=cfg.periods_per_year,
+                                             benchmark_title="Equal-weight buy & hold" if portfolio else "Buy & hold")
+            # chart.png is drawn beside the tearsheet's figures, on the same workers
+            drawn = run_jobs(layout.jobs + [lambda: chart_or_note(out, frames, result, {}, [])])
+            chart_files, chart_warns = drawn[-1]
+            files.update(chart_files)
+            warns.extend(chart_warns)
+            files["tearsheet"] = finish_tearsheet(layout, drawn[:-1], out / "tearsheet.html", title=title,
+                                                  chart=files.get("chart"))
         except Exception as exc:  # the backtest's files are already on disk
             raise FastraderError(
                 f"tearsheet failed ({type(exc).__name__}: {exc}); the other results are in {out}"

@@ -210,12 +210,12 @@ def test_unknown_strategy(capsys, tiny_run):
 
 
 def test_failure_after_backtest_keeps_results(capsys, tmp_path, tiny_run, monkeypatch):
-    import fastrader.report as report
+    import fastrader.report.tearsheet as tearsheet
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report, "write_tearsheet", boom)
+    monkeypatch.setattr(tearsheet, "layout_tearsheet", boom)
     out = tmp_path / "kept"
     err = _run_err(capsys, ["--data", str(tiny_run[0]), "--out", str(out)])
     assert "disk full" in err and str(out) in err

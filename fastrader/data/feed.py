@@ -117,6 +117,49 @@ class CandleFeed(bt.feed.DataBase):
     def start(self):
         super().start()
         self._idx = -1
+        # (attribute, line) for every line but datetime, for the tick_* copies below
+        self._ticks = tuple(("tick_" + a, getattr(self.lines, a)) for a in self.getlinealiases() if a != "datetime")
+        self._tick0 = "tick_" + self._getlinealias(0)  # Backtrader's "is this bar ticked yet" mark
+        self._tick0_line = getattr(self.lines, self._getlinealias(0))
+
+    def preload(self):
+        """Backtrader's preload (``while self.load(): pass``), all bars at once.
+
+        It fills each line's buffer with the same float64 values, in the same
+        order, that :meth:`_load` would write one bar at a time. Anything that
+        the per-bar path would treat specially (filters such as a resampler,
+        an input timezone, from/to dates, a bounded buffer) takes that path.
+        """
+        lines = [self.lines.datetime, self.lines.open, self.lines.high, self.lines.low, self.lines.close,
+                 self.lines.volume, self.lines.openinterest, self.lines.signal]
+        plain = (not self._filters and not self._ffilters and not self._tzinput and not self._barstack
+                 and not self._barstash and self.fromdate == float("-inf") and self.todate == float("inf")
+                 and self._idx == -1 and self.lines.fullsize() == 8 and all(
+                     getattr(ln, "mode", None) == ln.UnBounded and len(ln.array) == 0 for ln in lines))
+        if not plain:
+            return super().preload()
+        n = len(self._dtnum)
+        a = self._arrays
+        for ln, values in zip(lines, (self._dtnum, a["open"], a["high"], a["low"], a["close"], a["volume"],
+                                      a["openinterest"], a["signal"])):
+            ln.array.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+            ln.idx += n  # what n forward() calls leave behind
+            ln.lencount += n
+        self._idx = n - 1
+        self._last()
+        self.home()
+
+    # Backtrader calls these two on every bar of every feed; its own versions look each line up by name.
+    def _tick_nullify(self):
+        for name, _ in self._ticks:
+            setattr(self, name, None)
+        self.tick_last = None
+
+    def _tick_fill(self, force=False):
+        if force or getattr(self, self._tick0, None) is None:
+            for name, ln in self._ticks:
+                setattr(self, name, ln[0])
+            self.tick_last = self._tick0_line[0]
 
     def _load(self):
         self._idx += 1

@@ -1,0 +1,56 @@
+"""The tearsheet drawn in parallel is QuantStats' own page, byte for byte; worker failures surface."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fastrader.report.parallel import run_jobs
+from fastrader.report.tearsheet import write_tearsheet
+
+
+def _returns(n=420, seed=0):
+    rng = np.random.default_rng(seed)
+    idx = pd.date_range("2022-04-04", periods=n, freq="D")
+    r = rng.standard_t(4, n) * 0.015 + 0.0004
+    r[50:80] = 0.0  # a flat stretch, as a strategy out of the market has
+    b = rng.normal(0.0003, 0.03, n)
+    return pd.Series(r, index=idx), pd.Series(b, index=idx)
+
+
+def test_parallel_tearsheet_is_quantstats_own_page(tmp_path, monkeypatch):
+    import re
+    import warnings
+
+    import matplotlib
+
+    from fastrader.report.tearsheet import _quantstats
+
+    qs = _quantstats()
+    # SVG ids and the creation date are random/clock-based by default; pin them so pages compare
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    monkeypatch.setitem(matplotlib.rcParams, "svg.hashsalt", "fastrader-test")
+    r, b = _returns()
+    ours = write_tearsheet(r, b, tmp_path / "par.html", title="T", workers=2).read_text()
+    bench = b.copy()
+    bench.name = "Buy & hold"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qs.reports.html(r, benchmark=bench, output=str(tmp_path / "qs.html"), title="T", periods_per_year=365,
+                        match_dates=False)
+    ref = (tmp_path / "qs.html").read_text()
+    ref = re.sub(r"<title>.*?</title>", "<title>T</title>", ref, count=1, flags=re.S)  # the tab shows our title
+    assert ours.count("<svg") >= 14 and "fastrader-figure" not in ours
+    assert ours == ref
+
+
+def _fails():
+    raise ValueError("figure 3 could not be drawn")
+
+
+def test_run_jobs_keeps_order_and_raises_a_worker_error():
+    jobs = [(lambda i=i: i * i) for i in range(9)]
+    assert run_jobs(jobs, 2) == [i * i for i in range(9)] == run_jobs(jobs, 1)
+    with pytest.raises(ValueError, match="figure 3"):
+        run_jobs([lambda: 1, _fails, lambda: 2], 2)
