@@ -22,7 +22,34 @@ _FINAL = {
 }
 
 
-class EquityRecorder(bt.Analyzer):
+class _Analyzer(bt.Analyzer):
+    """An analyzer without children that ignores Backtrader's per-bar cash/value/fund notifications.
+
+    Backtrader calls both on every analyzer at every bar; none of ours reads them, and over a
+    portfolio's hundreds of thousands of steps the empty calls add up.
+    """
+
+    def _notify_cashvalue(self, cash, value):
+        pass
+
+    def _notify_fund(self, cash, value, fundvalue, shares):
+        pass
+
+
+class _EventsOnly(_Analyzer):
+    """An analyzer that reacts to order and trade notifications only: no per-bar call at all."""
+
+    def _next(self):
+        pass
+
+    def _prenext(self):
+        pass
+
+    def _nextstart(self):
+        pass
+
+
+class EquityRecorder(_Analyzer):
     """Broker value (cash + positions marked to close) and cash after every bar.
 
     With several traded datas (a portfolio) it also records each one's
@@ -78,7 +105,7 @@ class EquityRecorder(bt.Analyzer):
         return self.rows
 
 
-class OrderLog(bt.Analyzer):
+class OrderLog(_EventsOnly):
     """One row per order at its final status, and counts by outcome."""
 
     def start(self):
@@ -139,7 +166,7 @@ class _Book:
         self.in_qty = self.in_val = self.out_qty = self.out_val = self.comm = self.max_size = 0.0
 
 
-class TradeLog(bt.Analyzer):
+class TradeLog(_Analyzer):
     """Round trips (flat to flat, or to a flip) from the fills, per data feed.
 
     ``entry_price`` and ``exit_price`` are the size-weighted averages of the

@@ -489,31 +489,45 @@ def report(prep: Prepared, result, t_start: float | None = None) -> RunOutcome:
         ],
         "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
     }
-    files = write_results(
-        out, metrics=metrics, equity=equity_table(result), trades=result.trades, signals=signals, extra=run_info,
-        orders=result.orders,
-    )
-    if not cfg.tearsheet:
-        chart_or_note(out, frames, result, files, warns)
-    else:
-        from .report.parallel import run_jobs
-        from .report.tearsheet import finish_tearsheet, layout_tearsheet
+    from .report.parallel import Workers
+    from .report.tearsheet import draw_figure, finish_tearsheet, layout_tearsheet
 
-        bench = equal_weight_benchmark(frames) if portfolio else benchmark_returns(traded)
-        title = f"fastrader: {cfg.strategy} on {', '.join(frames) if portfolio else prep.source}"
-        if prep.in_sample_bars:
-            title = f"IN-SAMPLE ({prep.in_sample_bars:,} bars in the model's training range): {title}"
+    out.mkdir(parents=True, exist_ok=True)
+    # The result files and chart.png are written by forked workers while this process lays out the
+    # tearsheet; its figures then go to the same workers (see fastrader.report.parallel).
+    jobs = [
+        lambda: write_results(out, metrics=metrics, equity=equity_table(result), trades=result.trades,
+                              signals=signals, extra=run_info, orders=result.orders),
+        lambda: chart_or_note(out, frames, result, {}, []),
+    ]
+    with Workers(jobs) as w:
+        written, charted = w.inherited(0), w.inherited(1)
+        figures = layout = None
+        if cfg.tearsheet:
+            bench = equal_weight_benchmark(frames) if portfolio else benchmark_returns(traded)
+            title = f"fastrader: {cfg.strategy} on {', '.join(frames) if portfolio else prep.source}"
+            if prep.in_sample_bars:
+                title = f"IN-SAMPLE ({prep.in_sample_bars:,} bars in the model's training range): {title}"
+            try:
+                layout, title = layout_tearsheet(returns, bench, title=title, periods=cfg.periods_per_year,
+                                                 benchmark_title="Equal-weight buy & hold" if portfolio
+                                                 else "Buy & hold")
+                # last first: the page's slowest figures are at its end; starting them first evens the load
+                figures = {i: w.submit(draw_figure, *c) for i, c in reversed(list(enumerate(layout.calls)))}
+            except Exception as exc:
+                figures = exc
+        files = written.get()  # the backtest's files are on disk before anything else can fail
+        chart_files, chart_warns = charted.get()
+        files.update(chart_files)
+        warns.extend(chart_warns)
         try:
-            layout, title = layout_tearsheet(returns, bench, title=title, periods=cfg.periods_per_year,
-                                             benchmark_title="Equal-weight buy & hold" if portfolio else "Buy & hold")
-            # chart.png is drawn beside the tearsheet's figures, on the same workers
-            drawn = run_jobs(layout.jobs + [lambda: chart_or_note(out, frames, result, {}, [])])
-            chart_files, chart_warns = drawn[-1]
-            files.update(chart_files)
-            warns.extend(chart_warns)
-            files["tearsheet"] = finish_tearsheet(layout, drawn[:-1], out / "tearsheet.html", title=title,
-                                                  chart=files.get("chart"))
-        except Exception as exc:  # the backtest's files are already on disk
+            if isinstance(figures, Exception):
+                raise figures
+            if figures is not None:
+                drawn = [figures[i].get() for i in range(len(figures))]
+                files["tearsheet"] = finish_tearsheet(layout, drawn, out / "tearsheet.html", title=title,
+                                                      chart=files.get("chart"))
+        except Exception as exc:
             raise FastraderError(
                 f"tearsheet failed ({type(exc).__name__}: {exc}); the other results are in {out}"
             ) from exc

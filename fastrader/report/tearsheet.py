@@ -68,7 +68,7 @@ class _DeferredPlots:
         return record
 
 
-def _draw(name: str, args: tuple, kwargs: dict, fmt: str) -> str:
+def draw_figure(name: str, args: tuple, kwargs: dict, fmt: str) -> str:
     """One figure of the page, drawn by QuantStats, as the HTML it embeds."""
     qs = _quantstats()
     buf = io.BytesIO()
@@ -85,7 +85,11 @@ class Layout:
     """The tearsheet page with a marker per figure, and the jobs that draw them (in the page's order)."""
 
     text: str
-    jobs: list[Callable[[], str]] = field(default_factory=list)
+    calls: list[tuple] = field(default_factory=list)  # each: draw_figure's arguments (picklable)
+
+    @property
+    def jobs(self) -> list[Callable[[], str]]:
+        return [(lambda c=c: draw_figure(*c)) for c in self.calls]
 
 
 def layout_tearsheet(returns: pd.Series, benchmark: pd.Series, *, title: str = "fastrader backtest",
@@ -123,8 +127,7 @@ def layout_tearsheet(returns: pd.Series, benchmark: pd.Series, *, title: str = "
             text = Path(page).read_text(encoding="utf-8")
     finally:
         qs.reports._plots = saved
-    jobs = [(lambda c=c: _draw(*c)) for c in deferred.calls]
-    return Layout(text, jobs), title
+    return Layout(text, list(deferred.calls)), title
 
 
 def finish_tearsheet(layout: Layout, figures: list[str], path: str | Path, *, title: str,
