@@ -43,6 +43,11 @@ class CryptoCommission(bt.CommInfoBase):
         # Backtrader's default rounds down to whole units: 1 BTC steps are useless.
         return self.p.leverage * (cash / price)
 
+    def get_credit_interest(self, data, pos, dt):
+        if not self.p.interest:  # no borrow rate: skip the per-bar date arithmetic
+            return 0.0
+        return super().get_credit_interest(data, pos, dt)
+
     def _get_credit_interest(self, data, size, price, days, dt0, dt1):
         rate = self.p.interest * days / 365.0
         if size < 0:  # a short borrows every coin it sold
