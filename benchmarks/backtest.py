@@ -10,6 +10,10 @@ Cases:
   and check the candles, the model's causal pass, the backtest, metrics and
   files, chart), once ``--no-tearsheet`` and once with the tearsheet.
   Targets: the full default run (tearsheet included) <= 1.0x ``sma50_btc``.
+  The run writes its files and draws chart.png and the tearsheet's figures on
+  forked workers, one per core up to 4 (``FASTRADER_REPORT_JOBS``); the
+  SMA peer uses one core. The table's header says how many cores there were
+  and how loaded the machine was.
 * ``portfolio10``: 10 synthetic markets of 43,780 hourly bars each (seeded
   GARCH-like walks with gaps), signals precomputed. ``fastrader``:
   ``fastrader.backtest.run_backtest`` with ``ModelStrategy`` (equal weight, its
@@ -231,12 +235,18 @@ def main(argv=None) -> int:
         if args.profile:
             profile(frames)
 
+    from fastrader.report.parallel import default_workers
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{os.cpu_count()} cores, report workers {default_workers()}, load average {load:.2f} at the end")
     print(f"{'case':<14} {'impl':<26} {'ms':>10} {'ratio':>7} {'fills':>7}  pass")
     for r in rows:
         ratio = r.get("ratio_vs_sma", r.get("ratio_vs_hand"))
         print(f"{r['case']:<14} {r['impl']:<26} {r['ms']:>10.0f} {'' if ratio is None else f'{ratio:.2f}x':>7} "
               f"{r.get('fills', ''):>7}  {'yes' if r['pass'] else 'NO'}")
     if args.json:
+        for r in rows:
+            r.update(cores=os.cpu_count(), report_workers=default_workers(), load_average=load)
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
