@@ -167,6 +167,24 @@ def _build_info_header(cuda_archs):
     return os.path.join(GEN_DIR, "include")
 
 
+def _torch_rpath():
+    """Linker flags that let `import fastrader._C` find libc10/libtorch_cpu by itself.
+
+    torch's extensions record no search path for torch's libraries: they load
+    only because `import torch` loaded them first. fastrader._C then fails on a
+    bare `import fastrader._C` (libc10.so not found). Two run paths fix that:
+    $ORIGIN/../torch/lib for the usual layout (fastrader and torch side by side
+    in one site-packages, as a wheel installs them), then the lib folder of the
+    torch built against, for an editable install or a venv that reaches torch
+    through a .pth. Either way it is the same torch the build checked."""
+    if not sys.platform.startswith("linux"):
+        return []
+    import torch
+
+    lib = os.path.join(os.path.dirname(os.path.abspath(torch.__file__)), "lib")
+    return ["-Wl,-rpath,$ORIGIN/../torch/lib", f"-Wl,-rpath,{lib}"]
+
+
 def torch_extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
@@ -179,6 +197,7 @@ def torch_extensions():
     if NATIVE:
         cxx.append("-march=native")
         macros.append(("FASTRADER_NATIVE_BUILD", "1"))
+    link = ["-fopenmp", *_torch_rpath()]
     cuda = _want_cuda()
     archs = _cuda_archs() if cuda else ""
     include = [csrc, _build_info_header(archs)]
@@ -195,7 +214,7 @@ def torch_extensions():
                 "cxx": cxx,
                 "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
             },
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     else:
         ext = CppExtension(
@@ -205,7 +224,7 @@ def torch_extensions():
             define_macros=macros,
             depends=[_flags_stamp()],
             extra_compile_args={"cxx": cxx},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     # use_ninja: BuildExtension falls back to the plain compiler (with a
     # warning) when the ninja executable is missing.

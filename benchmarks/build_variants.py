@@ -1,6 +1,7 @@
 """Benchmark: the portable (dispatching) build against a -march=native build.
 
-Runs ``benchmarks/attention_cpu.py`` and ``benchmarks/features.py`` of each
+Runs ``benchmarks/attention_cpu.py``, ``benchmarks/features.py`` and
+``benchmarks/decode_cpu.py`` of each
 build tree in turn, interleaved round by round (so a busy machine slows both
 alike), and prints the median of every fastrader case per build and the
 ratio portable / native. Each TREE is a checkout with its compiled modules in
@@ -30,6 +31,7 @@ from collections import defaultdict
 BENCHES = {
     "attention": ["benchmarks/attention_cpu.py", "--quick", "--slow-reps", "1"],
     "features": ["benchmarks/features.py", "--repeat", "9"],
+    "decode": ["benchmarks/decode_cpu.py"],
 }
 
 
@@ -65,7 +67,7 @@ def main(argv=None):
     times = defaultdict(list)  # (bench, case, pass, build) -> [ms]
     for rnd in range(a.rounds):
         for bench in a.only or sorted(BENCHES):
-            extra = ["--threads", str(a.threads), "--clock", a.clock] if bench == "attention" else []
+            extra = ["--threads", str(a.threads), "--clock", a.clock] if bench in ("attention", "decode") else []
             metric = "cpu_ms" if bench == "features" and a.clock == "cpu" else "ms"
             order = list(trees) if rnd % 2 == 0 else list(trees)[::-1]
             for build in order:

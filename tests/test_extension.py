@@ -83,6 +83,29 @@ for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
     rq, rk, rv = torch.autograd.grad(ref_out, (q, k, v), go.double())
     for a, b in ((dq, rq), (dk, rk), (dv, rv)):
         assert (a.double() - b).abs().max() < 20 * tol, (dtype, (a.double() - b).abs().max())
+# The decode kernel (dispatched like the forward): one query per sequence
+# against a wrapped ring cache, more than 8 keys (the AVX2 block of eight),
+# vector (D % 8 == 0) and scalar head sizes, against the float64 reference row.
+from fastrader.attention.ops import sparse_attention_decode
+W, DIL, SK, N = 21, 2, 2, 131
+span = W * DIL
+for D in (8, 32, 12):
+    qd, kd, vd = (torch.randn(2, 3, N, D, generator=g, dtype=torch.float64) for _ in range(3))
+    ref = sparse_attention_reference(qd, kd, vd, window=W, dilation=DIL, sinks=SK)
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    pos = torch.tensor([N - 1, N - 20])
+    kc = torch.zeros(2, 3, SK + span, D, dtype=torch.float64)
+    vc = torch.zeros_like(kc)
+    for b in range(2):
+        for j in range(int(pos[b]) + 1):
+            slot = j if j < SK else SK + j % span
+            kc[b, :, slot], vc[b, :, slot] = kd[b, :, j], vd[b, :, j]
+    qq = torch.stack([qd[b, :, int(pos[b])] for b in range(2)])
+    want = torch.stack([ref[b, :, int(pos[b])] for b in range(2)])
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+        out = sparse_attention_decode(qq.to(dtype), kc.to(dtype), vc.to(dtype), pos, W, DIL, SK)
+        err = (out.double() - want).abs().max()
+        assert err < tol, ("decode", D, dtype, err)
 print("ok", sys.argv[1])
 """
 

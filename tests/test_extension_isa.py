@@ -79,6 +79,22 @@ def test_self_check_sees_avx512_in_the_avx512_kernels():
     assert any("vex" in k and "fastrader::cpu::avx2::" in f for f, k in funcs.items())
 
 
+def test_decode_kernels_are_in_the_dispatched_paths():
+    # sparse_attn_decode / decode_step (per-bar streaming) run per ISA like the
+    # forward: their vector code sits in the avx2 and avx512 copies.
+    if not available():
+        pytest.skip("fastrader._C not built")
+    from fastrader import _C
+
+    if _C.build_info()["native"]:
+        pytest.skip("a FASTRADER_NATIVE=1 build has no per-ISA copies")
+    funcs = wide_functions(_module_file("fastrader._C"))
+    for isa in ("avx2", "avx512"):
+        ns = f"fastrader::cpu::{isa}::"
+        for kernel in ("decode_impl<float>", "decode_step_impl"):
+            assert any(ns in f and kernel in f for f, k in funcs.items() if k), f"no {isa} vector code in {kernel}"
+
+
 def test_extension_has_wide_instructions_only_in_dispatched_kernels():
     if not available():
         pytest.skip("fastrader._C not built")

@@ -51,6 +51,24 @@ def test_floors_hold_here_and_pyarrow_excludes_the_vulnerable_release():
         assert reqs[name].specifier.contains(installed, prereleases=True), (name, str(installed), str(reqs[name]))
 
 
+def test_floors_file_pins_exactly_the_declared_floors():
+    # `make test-floors` runs the suite on .ci/floors.txt: every `>=` bound in
+    # pyproject.toml is a version that run installs, so no floor is untested.
+    reqs = {Requirement(r).name: Requirement(r) for r in PYPROJECT["project"]["dependencies"]}
+    pins = {}
+    for line in (ROOT / ".ci" / "floors.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.strip()] = Version(version.strip())
+    lower = {
+        name: Version(s.version) for name, r in reqs.items() for s in r.specifier if s.operator == ">="
+    }
+    assert set(pins) == set(lower), (sorted(pins), sorted(lower))
+    for name, floor in lower.items():
+        assert pins[name] == floor, f"{name}: pyproject says >={floor}, floors.txt tests {pins[name]}"
+
+
 def test_console_script_is_the_cli():
     assert PYPROJECT["project"]["scripts"]["fastrader"] == "fastrader.cli:main"
 
@@ -71,6 +89,28 @@ def test_sdist_has_every_source_the_build_needs(tmp_path):
     missing = sorted(set(needed) - names)
     assert not missing, missing
     assert not [n for n in names if n.endswith((".so", ".o"))]
+
+
+_BARE_IMPORT = """
+import sys
+import fastrader._C as c
+assert "torch" not in sys.modules, "fastrader._C imported torch: the test would prove nothing"
+info = c.build_info()
+import torch  # afterwards: the ops registered by the bare import are torch's, and run
+q = torch.randn(1, 2, 8)
+k = torch.randn(1, 2, 4, 8)
+out = torch.ops.fastrader.sparse_attn_decode(q, k, k, torch.tensor([3]), 4, 1, 0, 8 ** -0.5)
+print(info["torch"] == torch.__version__, tuple(out.shape))
+"""
+
+
+@pytest.mark.skipif(not available(), reason="fastrader._C not built")
+def test_extension_imports_without_torch_imported_first(tmp_path):
+    # The extension links libc10/libtorch_cpu; without the run paths setup.py
+    # adds, a bare `import fastrader._C` fails with "libc10.so: cannot open".
+    r = subprocess.run([sys.executable, "-c", _BARE_IMPORT], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.split() == ["True", "(1,", "2,", "8)"], r.stdout
 
 
 def test_version_prints_the_build_facts():

@@ -18,7 +18,8 @@
 // The per-ISA sources are ordinary .cpp files, so setup.py's glob of
 // ext/csrc/cpu/*.cpp builds them in the same (ninja) compile as the rest.
 //
-// Adding a kernel (e.g. a decode kernel) to the dispatched paths:
+// Adding a kernel to the dispatched paths (the decode kernels of
+// cpu/decode_kernels.h went this way):
 //   1. write its SIMD code as a header like cpu/attention_kernels.h
 //      (namespace FR_ISA, anonymous inner namespace, raw pointers only: no
 //      torch headers inside the ISA region);
@@ -26,7 +27,9 @@
 //      KernelTable below and to the table at the end of isa_kernels.inc;
 //   3. call it through cpu::kernels() from the op's .cpp (tensor checks,
 //      allocation and registration stay there, compiled for the baseline).
-// A kernel .cpp that skips this simply runs its baseline build everywhere.
+// A kernel .cpp that skips this simply runs its baseline build everywhere
+// (and tests/test_extension_isa.py checks that no vector code sits outside
+// the dispatched namespaces).
 //
 // FASTRADER_CPU_ISA=base|avx2|avx512 caps the choice (tests run every path;
 // a cap above what the CPU supports is lowered to what it supports).
@@ -49,6 +52,16 @@ struct KernelTable {
                   double*, double);
   void (*bwd_f32)(const Geometry&, int64_t, const Head<float>&, float);
   void (*bwd_f64)(const Geometry&, int64_t, const Head<double>&, double);
+  // sparse_attn_decode (cpu/decode_kernels.h): q, k_cache, v_cache, out, pos, B, H, D, window,
+  // dilation, sinks, scale.
+  void (*decode_f32)(const float*, const float*, const float*, float*, const int64_t*, int64_t, int64_t,
+                     int64_t, int64_t, int64_t, int64_t, double);
+  void (*decode_f64)(const double*, const double*, const double*, double*, const int64_t*, int64_t, int64_t,
+                     int64_t, int64_t, int64_t, int64_t, double);
+  // decode_step: x, params, cache, conv, pos, n_features, d_model, n_heads, d_ff, conv_kernel, sinks,
+  // window, dilations, n_layers.
+  float (*decode_step)(const float*, const float*, float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, const int64_t*, int64_t);
 };
 
 extern const KernelTable kernels_base;
@@ -66,6 +79,16 @@ inline void run_fwd(const KernelTable& t, const Geometry& g, int64_t BH, const f
 inline void run_fwd(const KernelTable& t, const Geometry& g, int64_t BH, const double* q, const double* k,
                     const double* v, double* out, double* lse, double scale) {
   t.fwd_f64(g, BH, q, k, v, out, lse, scale);
+}
+inline void run_decode(const KernelTable& t, const float* q, const float* k, const float* v, float* out,
+                       const int64_t* pos, int64_t B, int64_t H, int64_t D, int64_t window, int64_t dilation,
+                       int64_t sinks, double scale) {
+  t.decode_f32(q, k, v, out, pos, B, H, D, window, dilation, sinks, scale);
+}
+inline void run_decode(const KernelTable& t, const double* q, const double* k, const double* v, double* out,
+                       const int64_t* pos, int64_t B, int64_t H, int64_t D, int64_t window, int64_t dilation,
+                       int64_t sinks, double scale) {
+  t.decode_f64(q, k, v, out, pos, B, H, D, window, dilation, sinks, scale);
 }
 inline void run_bwd(const KernelTable& t, const Geometry& g, int64_t BH, const Head<float>& h, float scale) {
   t.bwd_f32(g, BH, h, scale);
