@@ -21,6 +21,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# Extras installed for the suite: dev (test tools, reference libraries), ray
+# and optuna (the sweep backends; their tests skip without them).
+EXTRAS ?= dev,ray,optuna
 # Set for the suite: the extension was built here, so it must load (tests fail, not skip).
 export FASTRADER_EXPECT_EXT := 1
 
@@ -42,13 +45,19 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.deps: pyproject.toml | $(PY)
+# Third-party requirements are installed before fastrader, with pip's normal
+# build isolation: --no-build-isolation (needed for fastrader itself) would
+# also build every third-party sdist against this venv's tools (.ci/deps.py
+# says which one breaks that way).
+$(VENV)/.deps: pyproject.toml .ci/deps.py | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH_SPEC)"
 	$(PIP) install -q "setuptools>=68" wheel "cython>=3.0" "numpy>=1.26" ninja
+	$(PY) .ci/deps.py $(EXTRAS) > $(VENV)/requirements.txt
+	$(PIP) install -q -r $(VENV)/requirements.txt
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
-	$(PIP) install -q --no-build-isolation -e ".[dev,ray]"
+	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
 	@touch $@
 
 install: $(VENV)/.installed
@@ -59,8 +68,9 @@ run: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The suite against the lowest versions pyproject.toml admits (.ci/floors.txt;
-# torch's floor 2.11 runs on the GPU image, here 2.13 is the only CPU wheel).
+# The suite against the lowest versions pyproject.toml admits (.ci/floors.txt).
+# torch 2.11 has no CPU wheel on the indexes CI reaches: the floors venv gets
+# PyPI's build (CUDA libraries, ~3 GB; it runs on a CPU-only machine too).
 test-floors:
 	PIP_CONSTRAINT=$(CURDIR)/.ci/floors.txt $(MAKE) test VENV=.venv-floors
 
