@@ -247,6 +247,8 @@ class TradeLog(_Analyzer):
 
     def next(self):
         liqs = getattr(self.strategy.broker, "liquidations", ())
+        if len(liqs) == self._liq_seen:  # the usual bar: nothing was liquidated
+            return
         for liq in liqs[self._liq_seen:]:
             data = next(d for d in self.strategy.datas if d._name == liq.data)
             comm = self.strategy.broker.getcommissioninfo(data).getcommission(liq.size, liq.price)

@@ -88,15 +88,22 @@ class SolventBroker(bt.brokers.BackBroker):
             self._check_solvency()
 
     def _check_solvency(self):
-        held = [(d, p) for d, p in self.positions.items() if p.size]
-        if not held:
+        # Once per bar over every position: the equity at each one's adverse extreme, read straight from
+        # the line buffers (d.low[0] is several calls deep in Backtrader).
+        worst = self.cash
+        held = []
+        for d, p in self.positions.items():
+            size = p.size
+            if size:
+                ln = d.lines.low if size > 0 else d.lines.high
+                worst += size * ln.array[ln.idx]
+                held.append((d, p))
+        if not held or worst > 0:
             return
 
         def adverse(d, p):
             return d.low[0] if p.size > 0 else d.high[0]
 
-        if self.cash + sum(p.size * adverse(d, p) for d, p in held) > 0:
-            return
         before = self.cash + sum(p.size * d.open[0] for d, p in held)
         if len(held) == 1:
             d, p = held[0]
