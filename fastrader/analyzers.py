@@ -79,13 +79,13 @@ class EquityRecorder(_Analyzer):
         s = self.strategy
         b = s.broker
         ds = self.datas_traded
-        if not self._multi:
-            d = ds[0]
-            dt = d.datetime[0]
+        if not self._multi:  # once per bar of a one-symbol run: line buffer and position read directly
+            ln = ds[0].lines.datetime
+            dt = ln.array[ln.idx]
             if dt == self._last_dt:  # only a context feed moved
                 return
             self._last_dt = dt
-            self.rows.append((dt, b.getvalue(), b.getcash(), s.getposition(d).size))
+            self.rows.append((dt, b.getvalue(), b.getcash(), b.getposition(ds[0]).size))
             return
         if self._context:  # the common clock also ticks for the coarse feeds: stamp by the traded datas
             dt = max(d.datetime[0] for d in ds if len(d))

@@ -121,6 +121,7 @@ class CandleFeed(bt.feed.DataBase):
         self._ticks = tuple(("tick_" + a, getattr(self.lines, a)) for a in self.getlinealiases() if a != "datetime")
         self._tick0 = "tick_" + self._getlinealias(0)  # Backtrader's "is this bar ticked yet" mark
         self._tick0_line = getattr(self.lines, self._getlinealias(0))
+        self._tick_none = dict.fromkeys([name for name, _ in self._ticks] + ["tick_last"])
 
     def preload(self):
         """Backtrader's preload (``while self.load(): pass``), all bars at once.
@@ -150,32 +151,18 @@ class CandleFeed(bt.feed.DataBase):
         self.home()
 
     # Backtrader calls these two on every bar of every feed; its own versions look each line up by name.
+    # Neither Backtrader's line classes nor this one intercept attribute writes, so the tick_* values
+    # go straight into the instance's dict.
     def _tick_nullify(self):
-        for name, _ in self._ticks:
-            setattr(self, name, None)
-        self.tick_last = None
+        self.__dict__.update(self._tick_none)
 
     def _tick_fill(self, force=False):
-        if force or getattr(self, self._tick0, None) is None:
+        d = self.__dict__
+        if force or d.get(self._tick0) is None:
             for name, ln in self._ticks:
-                setattr(self, name, ln[0])
-            self.tick_last = self._tick0_line[0]
-
-    def _load(self):
-        self._idx += 1
-        i = self._idx
-        if i >= len(self._dtnum):
-            return False
-        lines = self.lines
-        lines.datetime[0] = self._dtnum[i]
-        lines.open[0] = self._arrays["open"][i]
-        lines.high[0] = self._arrays["high"][i]
-        lines.low[0] = self._arrays["low"][i]
-        lines.close[0] = self._arrays["close"][i]
-        lines.volume[0] = self._arrays["volume"][i]
-        lines.openinterest[0] = 0.0
-        lines.signal[0] = self._arrays["signal"][i]
-        return True
+                d[name] = ln.array[ln.idx]
+            ln = self._tick0_line
+            d["tick_last"] = ln.array[ln.idx]
 
 
 def make_feed(df: pd.DataFrame, name: str | None = None, **kwargs) -> CandleFeed:
