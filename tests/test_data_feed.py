@@ -123,3 +123,46 @@ def test_two_symbols_downloaded_and_fed_together(tmp_path):
     for symbol, ref in refs.items():
         assert [r[4] for r in rows[symbol]] == ref["close"].tolist()
         assert [r[0] for r in rows[symbol]] == [_utc(t) for t in ref["timestamp"]]
+
+
+def test_bulk_preload_equals_bar_by_bar_loading(monkeypatch):
+    """CandleFeed.preload fills all bars at once; Backtrader's own preload loads them one by one through
+    _load. The lines a strategy reads, the ticks the broker fills at and the fills are the same bit for bit,
+    and so is Backtrader's other mode (no preload, one bar at a time) except the last bar's ticks, which
+    its preloaded mode never fills."""
+    import backtrader as bt
+
+    from fastrader.data import make_feed
+    from fastrader.data.feed import CandleFeed
+    from fastrader.testing.candles import gapping_candles
+
+    df = gapping_candles(700, seed=21, missing=0.03)
+    df["signal"] = np.random.default_rng(4).normal(0, 1, len(df))
+    df.loc[df.index[::17], "signal"] = np.nan
+
+    class Seen(bt.Strategy):
+        def __init__(self):
+            self.rows = []
+
+        def next(self):
+            d = self.data
+            self.rows.append((d.datetime[0], d.open[0], d.high[0], d.low[0], d.close[0], d.volume[0], d.signal[0],
+                              d.tick_open, d.tick_close, d.tick_last))
+            if len(self) % 50 == 0:
+                self.order_target_percent(target=0.5 if len(self) % 100 else -0.5)
+
+    def run(preload):
+        c = bt.Cerebro(stdstats=False, preload=preload, runonce=preload)
+        c.adddata(make_feed(df, name="X"))
+        c.addstrategy(Seen)
+        strat = c.run()[0]
+        return np.array(strat.rows, dtype=np.float64), c.broker.getvalue()
+
+    ours, v_ours = run(True)
+    unpreloaded, v_unpre = run(False)
+    with monkeypatch.context() as m:
+        m.setattr(CandleFeed, "preload", bt.feed.DataBase.preload)
+        theirs, v_theirs = run(True)
+    assert len(ours) == len(df) and np.isfinite(ours[:, 1:6]).all()
+    assert np.array_equal(ours, theirs, equal_nan=True) and v_ours == v_theirs
+    assert np.array_equal(ours[:-1], unpreloaded[:-1], equal_nan=True) and v_ours == v_unpre

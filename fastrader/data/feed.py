@@ -164,6 +164,22 @@ class CandleFeed(bt.feed.DataBase):
             ln = self._tick0_line
             d["tick_last"] = ln.array[ln.idx]
 
+    def _load(self):
+        self._idx += 1
+        i = self._idx
+        if i >= len(self._dtnum):
+            return False
+        lines = self.lines
+        lines.datetime[0] = self._dtnum[i]
+        lines.open[0] = self._arrays["open"][i]
+        lines.high[0] = self._arrays["high"][i]
+        lines.low[0] = self._arrays["low"][i]
+        lines.close[0] = self._arrays["close"][i]
+        lines.volume[0] = self._arrays["volume"][i]
+        lines.openinterest[0] = 0.0
+        lines.signal[0] = self._arrays["signal"][i]
+        return True
+
 
 def make_feed(df: pd.DataFrame, name: str | None = None, **kwargs) -> CandleFeed:
     """Build a :class:`CandleFeed` from a candle frame (uses ``df['signal']`` if present)."""
