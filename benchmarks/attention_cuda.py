@@ -1,6 +1,6 @@
 """Speed of the fastrader sparse-attention CUDA op against the best GPU peers.
 
-    python benchmarks/attention_cuda.py [--dtype bfloat16] [--json PATH] [--quick] [--no-flex]
+    python benchmarks/attention_cuda.py [--dtype bfloat16] [--json PATH] [--quick | --small] [--no-flex] [--no-decode]
 
 One process, one GPU; every time is a median from triton.testing: by default
 do_bench_cudagraph (the call captured in a CUDA graph and replayed, so the
@@ -53,6 +53,7 @@ CASES = [
     (16, 4, 512, 8, 48, 1),
 ]
 QUICK = [CASES[3], CASES[7]]
+SMALL = [CASES[3], CASES[4], CASES[5], CASES[7]]  # head dims 8-32 (milestone 2) and the default model
 PEERS = ("fa4", "fa2-local", "flex")
 
 
@@ -250,6 +251,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     p.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     p.add_argument("--quick", action="store_true", help="two small cases only")
+    p.add_argument("--small", action="store_true", help="the head-dim 8-32 cases and the default model's only")
+    p.add_argument("--no-decode", action="store_true", help="skip the decode rows")
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles take a while)")
     p.add_argument("--eager", action="store_true", help="time plain calls instead of CUDA-graph replays")
     args = p.parse_args(argv)
@@ -266,13 +269,13 @@ def main(argv=None):
     if fa4 is None:
         print(f"fa4: flash-attn-4 not importable ({fa4_err})")
     rows, notes = [], {}
-    for case in QUICK if args.quick else CASES:
+    for case in QUICK if args.quick else SMALL if args.small else CASES:
         got, nt = run_case(case, dtype, not args.no_flex, fa4)
         rows += got
         notes[case_name(*case)] = nt
         for r in got:
             print(f"  {r['case']:38s} {r['impl']:10s} {r['pass']:8s} {r['ms']:.4f}", flush=True)
-    if torch._C._dispatch_has_kernel_for_dispatch_key("fastrader::sparse_attn_decode", "CUDA"):
+    if not args.no_decode and torch._C._dispatch_has_kernel_for_dispatch_key("fastrader::sparse_attn_decode", "CUDA"):
         rows += decode_rows(dtype)
     print_table(rows, notes)
     if args.json:
