@@ -11,7 +11,11 @@ built with ``FASTRADER_NATIVE=1 python setup.py build_ext --inplace``.
     python benchmarks/build_variants.py --portable . --native /tmp/native_tree [--rounds 5] [--json out.json]
 
 Times are process CPU time by default (--clock cpu; attention with --threads
-1), which a busy machine disturbs far less than wall-clock time.
+1), which a busy machine disturbs far less than wall-clock time. Each build's
+figure is the fastest round by default (--stat min): contention from other
+processes (a hyperthread sibling, a shared cache) only ever adds time, so the
+least-disturbed round is the closest to the code's own speed; --stat median
+gives the median round instead.
 
 Rows written by --json: {"case", "impl", "pass", "ms"} with impl
 ``portable`` or ``native`` (the medians over rounds).
@@ -60,6 +64,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="attention threads (1: steadier on a busy machine)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
                     help="cpu (default): process CPU time, steadier on a busy shared machine")
+    ap.add_argument("--stat", choices=("min", "median"), default="min",
+                    help="min (default): the fastest round of each build; median: the median round")
     ap.add_argument("--only", choices=sorted(BENCHES), action="append", help="run only this benchmark")
     ap.add_argument("--json", metavar="PATH")
     a = ap.parse_args(argv)
@@ -76,10 +82,12 @@ def main(argv=None):
         print(f"round {rnd + 1}/{a.rounds} done", file=sys.stderr)
     keys = sorted({k[:3] for k in times})
     rows = []
+    print(f"{a.stat} of {a.rounds} rounds, {a.clock} time; ratio = portable / native")
     print(f"{'bench':<10} {'case':<34} {'pass':<8} {'portable ms':>12} {'native ms':>10} {'ratio':>6}")
     for bench, case, pss in keys:
-        p = statistics.median(times[(bench, case, pss, "portable")])
-        n = statistics.median(times[(bench, case, pss, "native")])
+        agg = min if a.stat == "min" else statistics.median
+        p = agg(times[(bench, case, pss, "portable")])
+        n = agg(times[(bench, case, pss, "native")])
         print(f"{bench:<10} {case:<34} {pss:<8} {p:>12.2f} {n:>10.2f} {p / n:>6.3f}")
         rows += [
             {"case": f"{bench}:{case}", "impl": "portable", "pass": pss, "ms": p},

@@ -482,8 +482,10 @@ def check(prep, cuts: int = 8, *, jobs: int | None = None, recompute_signals: bo
         raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs!r}")
     import multiprocessing as mp
 
-    if jobs > 1 and "fork" not in mp.get_all_start_methods():
-        jobs = 1
+    from fastrader.report.parallel import fork_is_safe
+
+    if jobs > 1 and ("fork" not in mp.get_all_start_methods() or not fork_is_safe()):
+        jobs = 1  # the same runs, one after another
     ts = prep.candles["timestamp"].to_numpy()
     report = CheckReport(CLEAN, prep.start, n, jobs=jobs, recomputed_signals=recompute_signals)
     if len(points) < cuts:

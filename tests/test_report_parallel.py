@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from fastrader.report import parallel
 from fastrader.report.parallel import run_jobs
 from fastrader.report.tearsheet import write_tearsheet
 
@@ -54,3 +58,20 @@ def test_run_jobs_keeps_order_and_raises_a_worker_error():
     assert run_jobs(jobs, 2) == [i * i for i in range(9)] == run_jobs(jobs, 1)
     with pytest.raises(ValueError, match="figure 3"):
         run_jobs([lambda: 1, _fails, lambda: 2], 2)
+
+
+def test_no_fork_once_a_fork_unsafe_library_is_loaded(monkeypatch):
+    # Ray's gRPC client holds locks in background threads: a forked child that frees one of its
+    # objects blocks forever (seen on Python 3.13: a sweep's report after a Ray sweep in one process).
+    jobs = [lambda i=i: i * i for i in range(5)]
+    for name in parallel._FORK_UNSAFE:  # an earlier test in this process may have loaded them
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert parallel.fork_is_safe() == sys.platform.startswith("linux")
+    with parallel.Workers(jobs, 2) as w:
+        assert (w._pool is not None) == sys.platform.startswith("linux")
+    monkeypatch.setitem(sys.modules, "grpc", types.ModuleType("grpc"))
+    assert not parallel.fork_is_safe()
+    with parallel.Workers(jobs, 2) as w:
+        assert w._pool is None
+        assert [w.inherited(i).get() for i in range(5)] == [0, 1, 4, 9, 16]
+    assert parallel.run_jobs(jobs, 2) == [0, 1, 4, 9, 16]

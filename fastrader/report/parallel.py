@@ -9,8 +9,11 @@ submitted later are a module-level function and picklable arguments. Only
 results travel back (an SVG string, a dict of paths).
 
 Fork is used only on Linux, where it is the platform's own default; elsewhere,
-with one worker, or with ``FASTRADER_REPORT_JOBS=1``, every job runs in this
-process when its result is asked for. Either way the results are the same.
+with one worker, with ``FASTRADER_REPORT_JOBS=1``, or in a process that has
+loaded a library that is not safe across a fork (Ray and its gRPC client keep
+threads and locks: a forked child that merely frees one of their objects can
+block forever), every job runs in this process when its result is asked for.
+Either way the results are the same.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ _INHERITED: Sequence[Callable] | None = None  # read by the forked workers
 
 def _call_inherited(i: int):
     return _INHERITED[i]()
+
+
+# Modules whose presence makes fork unsafe (their background threads hold locks the child inherits).
+_FORK_UNSAFE = ("ray", "grpc")
+
+
+def fork_is_safe() -> bool:
+    """False once this process has imported a library that must not be forked (see above)."""
+    return sys.platform.startswith("linux") and not any(m in sys.modules for m in _FORK_UNSAFE)
 
 
 def default_workers() -> int:
@@ -68,7 +80,7 @@ class Workers:
         n = default_workers() if workers is None else max(1, workers)
         self._pool = None
         # a daemonic worker (a sweep's process pool) may not have children of its own
-        if n > 1 and sys.platform.startswith("linux") and not mp.current_process().daemon:
+        if n > 1 and fork_is_safe() and not mp.current_process().daemon:
             _INHERITED = self._jobs
             try:
                 self._pool = mp.get_context("fork").Pool(n)
