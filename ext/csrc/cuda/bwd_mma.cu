@@ -16,7 +16,7 @@
 //              S^T = K Q^T and dP^T = V dO^T, dV += P^T dO, dK += dS^T Q.
 //   3s. sinks  (sinks > 0) the sink keys are seen by every later query, so
 //              their reduction is split over the sequence: one CTA per (sink
-//              key block, chunk of 1024 queries) adds its partial dK, dV into
+//              key block, chunk of 128 queries) adds its partial dK, dV into
 //              a float32 buffer with atomics; launch 3 adds that buffer to
 //              the window part of those rows. No CTA loops over all of N.
 //
@@ -580,7 +580,9 @@ void launch_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k
   if (g.S > 0) {
     dks = at::zeros({g.BH, g.S, g.D}, q.options().dtype(at::kFloat));
     dvs = at::zeros({g.BH, g.S, g.D}, q.options().dtype(at::kFloat));
-    constexpr int kChunk = 1024;
+    // 128 queries per CTA: with 1024 the few (BH x 3 at N = 2048) CTAs each ran 16 tiles in series and
+    // the sink kernel took as long as the main one (ext/NOTES.md, training).
+    constexpr int kChunk = 128;
     const int kblocks = (g.S + BN - 1) / BN;
     const int nchunks = (g.N + kChunk - 1) / kChunk;
     const int64_t blocks = g.BH * kblocks * int64_t(nchunks);
