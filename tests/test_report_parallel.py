@@ -60,18 +60,41 @@ def test_run_jobs_keeps_order_and_raises_a_worker_error():
         run_jobs([lambda: 1, _fails, lambda: 2], 2)
 
 
-def test_no_fork_once_a_fork_unsafe_library_is_loaded(monkeypatch):
-    # Ray's gRPC client holds locks in background threads: a forked child that frees one of its
-    # objects blocks forever (seen on Python 3.13: a sweep's report after a Ray sweep in one process).
+def test_no_fork_once_ray_has_been_used(monkeypatch):
+    # Ray's gRPC client holds locks in background threads that outlive ray.shutdown(): a forked
+    # child that frees one of its objects blocks forever (seen on Python 3.13: a local sweep's
+    # report after a Ray sweep in one process).
     jobs = [lambda i=i: i * i for i in range(5)]
-    for name in parallel._FORK_UNSAFE:  # an earlier test in this process may have loaded them
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    assert parallel.fork_is_safe() == sys.platform.startswith("linux")
+    monkeypatch.setattr(parallel, "_FORK_UNSAFE", None)
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    linux = sys.platform.startswith("linux")
+    assert parallel.fork_is_safe() == linux
     with parallel.Workers(jobs, 2) as w:
-        assert (w._pool is not None) == sys.platform.startswith("linux")
-    monkeypatch.setitem(sys.modules, "grpc", types.ModuleType("grpc"))
+        assert (w._pool is not None) == linux
+    # merely imported (as test collection does) is harmless; a connected runtime is not
+    fake = types.ModuleType("ray")
+    fake.is_initialized = lambda: False
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    assert parallel.fork_is_safe() == linux
+    fake.is_initialized = lambda: True
+    assert not parallel.fork_is_safe()
+    fake.is_initialized = lambda: False
+    parallel.mark_fork_unsafe("test")  # once used, for good
     assert not parallel.fork_is_safe()
     with parallel.Workers(jobs, 2) as w:
         assert w._pool is None
         assert [w.inherited(i).get() for i in range(5)] == [0, 1, 4, 9, 16]
     assert parallel.run_jobs(jobs, 2) == [0, 1, 4, 9, 16]
+
+
+def test_the_ray_backend_marks_the_process():
+    pytest.importorskip("ray")
+    from fastrader.sweep import backends
+
+    saved = parallel._FORK_UNSAFE
+    try:
+        parallel._FORK_UNSAFE = None
+        backends._import_ray()
+        assert not parallel.fork_is_safe()
+    finally:
+        parallel._FORK_UNSAFE = saved

@@ -10,9 +10,9 @@ results travel back (an SVG string, a dict of paths).
 
 Fork is used only on Linux, where it is the platform's own default; elsewhere,
 with one worker, with ``FASTRADER_REPORT_JOBS=1``, or in a process that has
-loaded a library that is not safe across a fork (Ray and its gRPC client keep
-threads and locks: a forked child that merely frees one of their objects can
-block forever), every job runs in this process when its result is asked for.
+started or joined a Ray runtime (Ray's gRPC client keeps threads and locks
+that outlive ``ray.shutdown()``: a forked child that merely frees one of its
+objects can block forever), every job runs in this process when its result is asked for.
 Either way the results are the same.
 """
 
@@ -30,13 +30,26 @@ def _call_inherited(i: int):
     return _INHERITED[i]()
 
 
-# Modules whose presence makes fork unsafe (their background threads hold locks the child inherits).
-_FORK_UNSAFE = ("ray", "grpc")
+# Set once this process has started or joined a Ray runtime (fastrader.sweep does): Ray's gRPC
+# client and its threads outlive ray.shutdown(), so fork stays unsafe for the rest of the process.
+_FORK_UNSAFE: str | None = None
+
+
+def mark_fork_unsafe(reason: str) -> None:
+    """From now on, run report jobs in this process instead of forked workers."""
+    global _FORK_UNSAFE
+    _FORK_UNSAFE = reason
 
 
 def fork_is_safe() -> bool:
-    """False once this process has imported a library that must not be forked (see above)."""
-    return sys.platform.startswith("linux") and not any(m in sys.modules for m in _FORK_UNSAFE)
+    """False off Linux, after :func:`mark_fork_unsafe`, and while a Ray runtime is connected."""
+    if not sys.platform.startswith("linux") or _FORK_UNSAFE is not None:
+        return False
+    ray = sys.modules.get("ray")  # merely imported is harmless: its threads start with ray.init()
+    try:
+        return ray is None or not ray.is_initialized()
+    except Exception:  # a half-imported or unusual ray: do not risk a fork
+        return False
 
 
 def default_workers() -> int:

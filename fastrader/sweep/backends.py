@@ -162,6 +162,9 @@ def _import_ray():
         import ray
     except ImportError:
         raise ConfigError("the Ray backend needs Ray: pip install 'fastrader[ray]' (or use --backend local)") from None
+    from ..report.parallel import mark_fork_unsafe
+
+    mark_fork_unsafe("this process uses Ray")  # every Ray runtime we start or join comes through here
     return ray
 
 
