@@ -46,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,21 +56,12 @@ if str(ROOT) not in sys.path:  # run from a checkout: use its fastrader
 def make_model(name):
     from fastrader.model.presets import seed_config
     from fastrader.model.transformer import CausalTransformer, ModelConfig
+    from fastrader.testing.models import randomize_
 
     cfg = ModelConfig(n_features=16) if name == "default" else seed_config(window=256)
     torch.manual_seed(0)
     model = CausalTransformer(cfg).eval()
-    with torch.no_grad():  # O(1) activations and peaked attention, so the check means something
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, 1.0 / math.sqrt(m.in_features))
-                m.bias.normal_(0.0, 0.1)
-            elif isinstance(m, nn.LayerNorm):
-                m.weight.normal_(1.0, 0.1)
-                m.bias.normal_(0.0, 0.1)
-        model.sink.normal_(0.0, 1.0)
-        for blk in model.blocks:  # sharper attention: scale q
-            blk.attn.qkv.weight[: cfg.d_model] *= 2.0
+    randomize_(model)
     return cfg, model.set_backend("fastrader")
 
 
@@ -123,6 +113,20 @@ class TorchOpsStep:
             h = h + F.linear(F.gelu(F.linear(a, *L["fc1"])), *L["fc2"])
         self.out.copy_(F.linear(F.layer_norm(h, (C,), *self.lnf), *self.head))
         self.pos.add_(1)
+
+
+def replay_ms(graph, replays, rounds=5):
+    """GPU milliseconds per replay of ``graph``: median over rounds of ``replays`` back-to-back replays."""
+    per = []
+    for _ in range(rounds):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(replays):
+            graph.replay()
+        b.record()
+        b.synchronize()
+        per.append(a.elapsed_time(b) / replays)
+    return statistics.median(per)
 
 
 def run_model(name, args):
@@ -222,30 +226,12 @@ def run_model(name, args):
         rows.append({"case": case, "impl": impl, "pass": "graph-bar", "ms": statistics.median(lat) * 1e3,
                      "rel_err": float(err)})
         # back-to-back replays: GPU time per replay
-        reps = []
-        for _ in range(5):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(args.replays):
-                graph.replay()
-            b.record()
-            b.synchronize()
-            reps.append(a.elapsed_time(b) / args.replays)
-        rows.append({"case": case, "impl": impl, "pass": "graph-replay", "ms": statistics.median(reps)})
+        rows.append({"case": case, "impl": impl, "pass": "graph-replay", "ms": replay_ms(graph, args.replays)})
         del graph
         # the step alone (no copies) in a graph: GPU time per replay
         with torch.cuda.graph(gstep := torch.cuda.CUDAGraph()):
             step()
-        reps = []
-        for _ in range(5):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(args.replays):
-                gstep.replay()
-            b.record()
-            b.synchronize()
-            reps.append(a.elapsed_time(b) / args.replays)
-        rows.append({"case": case, "impl": impl, "pass": "graph-step", "ms": statistics.median(reps)})
+        rows.append({"case": case, "impl": impl, "pass": "graph-step", "ms": replay_ms(gstep, args.replays)})
         del gstep
     for r in rows:
         e = f"  max rel err vs full forward {r['rel_err']:.2e}" if "rel_err" in r else ""

@@ -9,12 +9,9 @@ device or when the extension was built without CUDA.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -44,21 +41,12 @@ CONFIGS = {
 
 def _model(name):
     from fastrader.model.transformer import CausalTransformer, ModelConfig
+    from fastrader.testing.models import randomize_
 
     cfg = ModelConfig(**CONFIGS[name])
     torch.manual_seed(0)
     model = CausalTransformer(cfg).eval()
-    with torch.no_grad():  # O(1) activations and peaked attention
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, 1.0 / math.sqrt(m.in_features))
-                m.bias.normal_(0.0, 0.1)
-            elif isinstance(m, nn.LayerNorm):
-                m.weight.normal_(1.0, 0.1)
-                m.bias.normal_(0.0, 0.1)
-        model.sink.normal_(0.0, 1.0)
-        for blk in model.blocks:
-            blk.attn.qkv.weight[: cfg.d_model] *= 2.0
+    randomize_(model)
     return cfg, model.set_backend("fastrader")
 
 

@@ -65,7 +65,7 @@ def test_no_fork_once_ray_has_been_used(monkeypatch):
     # child that frees one of its objects blocks forever (seen on Python 3.13: a local sweep's
     # report after a Ray sweep in one process).
     jobs = [lambda i=i: i * i for i in range(5)]
-    monkeypatch.setattr(parallel, "_FORK_UNSAFE", None)
+    monkeypatch.setattr(parallel, "_FORK_UNSAFE", False)
     monkeypatch.delitem(sys.modules, "ray", raising=False)
     linux = sys.platform.startswith("linux")
     assert parallel.fork_is_safe() == linux
@@ -79,7 +79,7 @@ def test_no_fork_once_ray_has_been_used(monkeypatch):
     fake.is_initialized = lambda: True
     assert not parallel.fork_is_safe()
     fake.is_initialized = lambda: False
-    parallel.mark_fork_unsafe("test")  # once used, for good
+    parallel.mark_fork_unsafe()  # once used, for good
     assert not parallel.fork_is_safe()
     with parallel.Workers(jobs, 2) as w:
         assert w._pool is None
@@ -93,7 +93,7 @@ def test_the_ray_backend_marks_the_process():
 
     saved = parallel._FORK_UNSAFE
     try:
-        parallel._FORK_UNSAFE = None
+        parallel._FORK_UNSAFE = False
         backends._import_ray()
         assert not parallel.fork_is_safe()
     finally:

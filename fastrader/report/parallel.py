@@ -12,8 +12,8 @@ Fork is used only on Linux, where it is the platform's own default; elsewhere,
 with one worker, with ``FASTRADER_REPORT_JOBS=1``, or in a process that has
 started or joined a Ray runtime (Ray's gRPC client keeps threads and locks
 that outlive ``ray.shutdown()``: a forked child that merely frees one of its
-objects can block forever), every job runs in this process when its result is asked for.
-Either way the results are the same.
+objects can block forever), every job runs in this process when its result
+is asked for. Either way the results are the same.
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ def _call_inherited(i: int):
 
 # Set once this process has started or joined a Ray runtime (fastrader.sweep does): Ray's gRPC
 # client and its threads outlive ray.shutdown(), so fork stays unsafe for the rest of the process.
-_FORK_UNSAFE: str | None = None
+_FORK_UNSAFE = False
 
 
-def mark_fork_unsafe(reason: str) -> None:
+def mark_fork_unsafe() -> None:
     """From now on, run report jobs in this process instead of forked workers."""
     global _FORK_UNSAFE
-    _FORK_UNSAFE = reason
+    _FORK_UNSAFE = True
 
 
 def fork_is_safe() -> bool:
     """False off Linux, after :func:`mark_fork_unsafe`, and while a Ray runtime is connected."""
-    if not sys.platform.startswith("linux") or _FORK_UNSAFE is not None:
+    if not sys.platform.startswith("linux") or _FORK_UNSAFE:
         return False
     ray = sys.modules.get("ray")  # merely imported is harmless: its threads start with ray.init()
     try:

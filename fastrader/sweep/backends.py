@@ -164,7 +164,7 @@ def _import_ray():
         raise ConfigError("the Ray backend needs Ray: pip install 'fastrader[ray]' (or use --backend local)") from None
     from ..report.parallel import mark_fork_unsafe
 
-    mark_fork_unsafe("this process uses Ray")  # every Ray runtime we start or join comes through here
+    mark_fork_unsafe()  # every Ray runtime we start or join comes through here
     return ray
 
 
