@@ -142,6 +142,23 @@ def _cuda_archs():
     return ";".join(found) if found else DEFAULT_CUDA_ARCHS
 
 
+def _sm90a_flags(archs):
+    """nvcc flags for Hopper's arch-specific instructions (wgmma, setmaxnreg:
+    ext/csrc/cuda/fwd_wgmma_sm90.cu) when 9.0 is among the CUDA archs: torch's
+    gencode list with the sm_90 machine code built as sm_90a instead (it runs
+    on every compute capability 9.0 device; one cubin for 9.0, so the driver
+    has no choice to make between two), plus FASTRADER_SM90A for the host
+    dispatch. The other archs' gencodes stay as torch makes them. Giving nvcc
+    any arch flag turns torch's own off, hence the whole list here."""
+    wanted = {a.strip().split("+")[0] for a in archs.replace(" ", ";").split(";")}
+    if not wanted & {"9.0", "9.0a"}:
+        return []
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    flags = [f.replace("arch=compute_90,code=sm_90", "arch=compute_90a,code=sm_90a") for f in _get_cuda_arch_flags()]
+    return sorted(set(flags)) + ["-DFASTRADER_SM90A=1"]
+
+
 def _write_if_changed(path, text):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if os.path.exists(path) and open(path).read() == text:
@@ -203,6 +220,7 @@ def torch_extensions():
     include = [csrc, _build_info_header(archs)]
     if cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", *_sm90a_flags(archs)]
         cu = _rel(glob.glob(os.path.join(csrc, "**", "*.cu"), recursive=True))
         ext = CUDAExtension(
             "fastrader._C",
@@ -212,7 +230,7 @@ def torch_extensions():
             depends=[_flags_stamp()],
             extra_compile_args={
                 "cxx": cxx,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                "nvcc": nvcc,
             },
             extra_link_args=link,
         )

@@ -491,3 +491,127 @@ def test_decode_in_cuda_graph():
         kc.copy_(torch.randn(b, h, slots, d, device="cuda", dtype=torch.bfloat16, generator=gen))
         graph.replay()
         assert torch.equal(out, step()), (p0, p1)
+
+
+# ------------------------------------------ Hopper wgmma forward (fwd_wgmma_sm90.cu)
+
+# Whether FASTRADER_CUDA_FWD unset ("auto") takes the wgmma kernel when it
+# accepts a call (kWgmmaByDefault in fwd_wgmma_sm90.cu).
+WGMMA_BY_DEFAULT = True
+
+
+def _is_sm90():
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
+class _FwdEnv:
+    """FASTRADER_CUDA_FWD set to `value` (None: unset) inside the block; the
+    op reads it on every call."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __enter__(self):
+        self.prev = os.environ.get("FASTRADER_CUDA_FWD")
+        if self.value is None:
+            os.environ.pop("FASTRADER_CUDA_FWD", None)
+        else:
+            os.environ["FASTRADER_CUDA_FWD"] = self.value
+
+    def __exit__(self, *exc):
+        if self.prev is None:
+            os.environ.pop("FASTRADER_CUDA_FWD", None)
+        else:
+            os.environ["FASTRADER_CUDA_FWD"] = self.prev
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=lambda t: str(t)[6:])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize(
+    "b,h,n,window,sinks",
+    [
+        (1, 1, 1, 5, 0),
+        (2, 2, 127, 33, 0),
+        (1, 3, 300, 1000, 0),  # window > N: dense causal
+        (2, 1, 257, 1, 1),
+        (1, 2, 517, 64, 3),
+        (1, 2, 1100, 256, 130),  # sinks over two key tiles
+        (2, 2, 1500, 700, 0),  # many key tiles: every stage is reused
+    ],
+)
+def test_wgmma_forward(dtype, d, b, h, n, window, sinks):
+    """The wgmma kernel (forced) matches the float64 reference, the backward
+    runs on its lse, and the default dispatch takes the same kernel."""
+    if not _is_sm90():
+        pytest.skip("the wgmma forward needs a compute capability 9.0 device")
+    seed = zlib.crc32(repr(("wgmma", str(dtype), d, b, h, n, window, sinks)).encode())
+    with _FwdEnv("wgmma"):
+        (q, k, v, *_rest, scale), (out, lse, *_g) = run_case(b, h, n, d, window, 1, sinks, dtype, seed)
+    ops = torch.ops.fastrader
+    with _FwdEnv(None):
+        out_d, lse_d = ops.sparse_attn_fwd(q, k, v, window, 1, sinks, scale)
+    with _FwdEnv("mma"):
+        out_m, lse_m = ops.sparse_attn_fwd(q, k, v, window, 1, sinks, scale)
+    if WGMMA_BY_DEFAULT:
+        assert torch.equal(out_d, out) and torch.equal(lse_d, lse), "the default dispatch did not take the wgmma kernel"
+    else:
+        assert torch.equal(out_d, out_m) and torch.equal(lse_d, lse_m)
+    # the two kernels agree to rounding (different summation orders)
+    tol = 2 * torch.finfo(dtype).eps
+    torch.testing.assert_close(out.float(), out_m.float(), rtol=tol, atol=tol * out_m.abs().max().item())
+    torch.testing.assert_close(lse, lse_m, rtol=1e-5, atol=1e-5)
+
+
+_WGMMA_ENV_SCRIPT = """
+import os, torch, fastrader._C
+ops = torch.ops.fastrader
+sm90 = torch.cuda.get_device_capability() == (9, 0)
+def rnd(d, dtype=torch.bfloat16, n=70):
+    return torch.randn(1, 2, n, d, device="cuda").to(dtype)
+q = rnd(64)
+os.environ["FASTRADER_CUDA_FWD"] = "mma"
+ref = ops.sparse_attn_fwd(q, q, q, 9, 1, 0, 0.125)
+print("mma ok")
+os.environ["FASTRADER_CUDA_FWD"] = "wgmma"
+cases = [((rnd(32), 9, 1, 0), "head_dim"), ((rnd(64, torch.float32), 9, 1, 0), "dtype")]
+cases.append(((rnd(64), 9, 2, 0), "dilation") if sm90 else ((rnd(64), 9, 1, 0), "sm_90a"))
+for (t, w, dil, s), want in cases:
+    try:
+        ops.sparse_attn_fwd(t, t, t, w, dil, s, 0.125)
+    except RuntimeError as exc:
+        assert "FASTRADER_CUDA_FWD=wgmma" in str(exc) and want in str(exc), (want, str(exc))
+        print("refused:", want)
+    else:
+        raise SystemExit("no error for " + want)
+if sm90:
+    out = ops.sparse_attn_fwd(q, q, q, 9, 1, 0, 0.125)
+    assert (out[0].float() - ref[0].float()).abs().max().item() < 2e-2
+    print("wgmma ok")
+os.environ["FASTRADER_CUDA_FWD"] = "bogus"
+try:
+    ops.sparse_attn_fwd(q, q, q, 9, 1, 0, 0.125)
+except RuntimeError as exc:
+    assert "FASTRADER_CUDA_FWD must be" in str(exc), str(exc)
+    print("bogus refused")
+else:
+    raise SystemExit("no error for a bad FASTRADER_CUDA_FWD")
+"""
+
+
+def test_wgmma_env_switch():
+    """FASTRADER_CUDA_FWD=mma runs the mma.sync kernel, =wgmma the wgmma one or
+    an error that says why it refuses (in a child process, like
+    test_rejects_bad_input)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
+    proc = subprocess.run([sys.executable, "-c", _WGMMA_ENV_SCRIPT], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"exit code {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    assert "mma ok" in proc.stdout and "bogus refused" in proc.stdout, proc.stdout
+    assert proc.stdout.count("refused:") == 3, proc.stdout
+    if _is_sm90():
+        assert "wgmma ok" in proc.stdout, proc.stdout

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "cuda/mask.cuh"
 
@@ -27,6 +28,16 @@ at::Tensor mma_operand(const at::Tensor& t, int64_t dpad);
 // q, k, v contiguous (B, H, N, D); out like q, lse float32 (B, H, N).
 void mma_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
              int64_t window, int64_t dilation, int64_t sinks, double scale);
+
+// Hopper forward (fwd_wgmma_sm90.cu). wgmma_refusal: empty when the wgmma
+// kernel takes the call, else why not (dtype, head dim, arch, dilation, a
+// build without sm_90a). wgmma_fwd: runs it and returns true when
+// FASTRADER_CUDA_FWD (auto | mma | wgmma) and wgmma_refusal allow, returns
+// false for the caller to run mma_fwd, and throws when FASTRADER_CUDA_FWD=wgmma
+// and the call is refused.
+std::string wgmma_refusal(const at::Tensor& q, int64_t window, int64_t dilation, int64_t sinks);
+bool wgmma_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
+               int64_t window, int64_t dilation, int64_t sinks, double scale);
 
 // Fills dq, dk, dv (like q). o, dout like q; lse float32; glse float32 or undefined.
 void mma_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -425,6 +425,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attn_fwd_cuda(const at::Tensor& q_, co
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(compute_type(q.scalar_type())));
   if (q.numel() == 0) return {out, lse};
+  if (wgmma_fwd(q, k, v, out, lse, window, dilation, sinks, scale)) return {out, lse};  // sm_90a (Hopper)
   if (mma_supported(q)) {
     mma_fwd(q, k, v, out, lse, window, dilation, sinks, scale);
     return {out, lse};
