@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
-# One GPU call for issue 12's open measurements, under a wall-clock budget
-# (steps that no longer fit are skipped, not cut off):
-#   1. A/B of the forward's register cap at small head dims (fwd_min_blocks in
-#      ext/csrc/cuda/fwd_mma.cu): the tree as is, and a copy in /tmp/base with
-#      the cap removed, both built in place (no pip -e: an editable finder would
-#      shadow the copy), the small attention cases timed with each, twice, alternating;
-#   2. the CUDA tests (attention and the whole-step decode kernel);
-#   3. training tokens/s (benchmarks/train_cuda.py);
-#   4. the whole-model decode step through CUDA graphs (benchmarks/decode_cuda.py);
-#   5. compute-sanitizer memcheck and racecheck on the decode-step kernel.
+# GPU calls for issue 12's measurements, under a wall-clock budget (steps
+# that no longer fit are skipped, not cut off). Steps, in this order:
+#   build      the tree's extensions in place (incremental when the machine is warm)
+#   fa4stage   copy .carry/fa4a/* to /tmp/fa4parts (the first part of the flash-attn-4
+#              site tree, which is over one call's 64 MiB: it travels in two calls)
+#   test       the CUDA tests: attention, the whole-step decode kernel, the flash backend
+#   sanitize   compute-sanitizer memcheck and racecheck on every attention kernel
+#              (benchmarks/cuda_sanitize.py) and on the decode-step kernel
+#   decode     the whole-model decode step through CUDA graphs (benchmarks/decode_cuda.py)
+#   ncu        Nsight Compute on the small-head-dim forward (D=8 and D=32)
+#   fa4        join /tmp/fa4parts with .carry/fa4b/* and unpack flash-attn-4 and its CuTe DSL
+#              into /tmp/fa4site (PYTHONPATH), then the flash backend test again (FA4 path)
+#   attn       benchmarks/attention_cuda.py, every case, with FA4 when it imports
+#   train      benchmarks/train_cuda.py (eager, graph, compile, compile-ro, compile-graph)
+#   trainloop  benchmarks/train_loop_cuda.py: fastrader's own loop with and without --compile
 #
-#   bash benchmarks/device_issue12.sh [ab] [test] [train] [decode] [sanitize]   (default: all)
-# ('ab' compares against the tree with fwd_min_blocks removed; after that change was reverted it
-# compares two identical builds, a noise check)
-# Results under $OUT: summary.txt, attn_ab.json, train_cuda.json, decode_cuda.json, logs.tgz.
+#   bash benchmarks/device_issue12.sh STEP...        (build always runs)
+# Results under $OUT: summary.txt, attention_cuda.json, train_cuda.json, decode_cuda.json,
+# ncu_small.txt, logs.tgz.
+#
+# The flash-attn-4 parts are made here with (cp312 wheels, unpacked, one xz tar, split in two):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
+#     nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2 \
+#     torch-c-dlpack-ext==0.1.5 quack-kernels==0.6.5
+#   (unzip each into one dir) ; tar -cf - . | xz -T2 -9e > fa4site.tar.xz ; split -b 45000000 -d ...
 set -uo pipefail
 OUT=${OUT:-/tmp/fastrader-device}
 mkdir -p "$OUT/logs"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-BUDGET=${BUDGET:-565}
-steps=${*:-all}
-want() { [[ " $steps " == *" all "* || " $steps " == *" $1 "* ]]; }
+BUDGET=${BUDGET:-570}
+steps=" $* "
+want() { [[ "$steps" == *" $1 "* ]]; }
 T0=$SECONDS
 summary=()
 step() {  # step NAME MAX_SECONDS CMD...: runs CMD with at most MAX_SECONDS and what the budget leaves
@@ -45,85 +56,68 @@ finish() {
 }
 trap finish EXIT
 
-# ---- builds: the tree (all extensions) and the baseline copy (_C only), in parallel
 build_tree() {
-  FASTRADER_BUILD=all FASTRADER_CUDA=1 MAX_JOBS=${1:-16} $PY setup.py build_ext --inplace 2>&1 |
+  FASTRADER_BUILD=all FASTRADER_CUDA=1 MAX_JOBS=16 $PY setup.py build_ext --inplace 2>&1 |
     grep -vE "warning #|Remark: The warnings|^\s*$|bit-field" | tail -40
   $PY -c "import torch, fastrader._C, fastrader; print('built', fastrader.__file__, torch.__version__, torch.cuda.get_device_name())"
 }
-build_base() {
-  rm -rf /tmp/base && mkdir -p /tmp/base
-  tar --exclude=./build --exclude='*.so' -cf - . | tar -xf - -C /tmp/base
-  sed -i 's/__launch_bounds__(NW \* 32, fwd_min_blocks<DP>())/__launch_bounds__(NW * 32)/' /tmp/base/ext/csrc/cuda/fwd_mma.cu
-  grep -n "__launch_bounds__" /tmp/base/ext/csrc/cuda/fwd_mma.cu
-  (cd /tmp/base && FASTRADER_BUILD=torch FASTRADER_CUDA=1 MAX_JOBS=$1 $PY setup.py build_ext --inplace 2>&1 |
-    grep -vE "warning #|Remark: The warnings|^\s*$|bit-field" | tail -20)
-  (cd /tmp/base && $PY -c "import fastrader._C, fastrader; print('built', fastrader.__file__)")
-}
 export PY
-export -f build_tree build_base  # timeout runs programs: the steps call these through bash -c
+export -f build_tree  # timeout runs programs: the step calls this through bash -c
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv >"$OUT/logs/gpu.log" 2>&1
-if want ab; then
-  build_base 8 >"$OUT/logs/build_base.log" 2>&1 &
-  bpid=$!
-  step build 330 bash -c 'build_tree 8'
-  wait $bpid
-  summary+=("$(printf '%-18s %s' build_base "$(tail -1 "$OUT/logs/build_base.log" | cut -c1-110)")")
-else
-  step build 330 bash -c 'build_tree 16'
+if want fa4stage; then
+  mkdir -p /tmp/fa4parts && cp .carry/fa4a/* /tmp/fa4parts/ && summary+=("fa4stage          $(du -sh /tmp/fa4parts | cut -f1) staged in /tmp/fa4parts")
 fi
+step build 330 bash -c build_tree
 grep -q "^built" "$OUT/logs/build.log" || exit 1
-
-if want ab && grep -q "^built" "$OUT/logs/build_base.log"; then
-  for r in 1 2; do
-    (cd /tmp/base && step "attn_base$r" 90 $PY benchmarks/attention_cuda.py --small --no-flex --no-decode --json "$OUT/logs/attn_base$r.json")
-    summary+=("$(printf '%-18s %s' "attn_base$r" "$(tail -1 "$OUT/logs/attn_base$r.log" | cut -c1-100)")")
-    step "attn_new$r" 90 $PY benchmarks/attention_cuda.py --small --no-flex --no-decode --json "$OUT/logs/attn_new$r.json"
-  done
-  $PY - "$OUT" <<'EOF' >"$OUT/logs/ab_table.log" 2>&1
-import json, os, statistics, sys
-out = sys.argv[1]
-rows = []
-for variant in ("base", "new"):
-    for r in (1, 2):
-        p = os.path.join(out, "logs", f"attn_{variant}{r}.json")
-        if os.path.exists(p):
-            for row in json.load(open(p)):
-                rows.append({**row, "build": variant, "run": r})
-json.dump(rows, open(os.path.join(out, "attn_ab.json"), "w"), indent=1)
-keys = sorted({(r["case"], r["impl"], r["pass"]) for r in rows})
-print(f"{'case':34s} {'impl':10s} {'pass':8s} {'base ms (runs)':>22s} {'capped ms (runs)':>22s} {'base/capped':>11s}")
-for k in keys:
-    b = [r["ms"] for r in rows if (r["case"], r["impl"], r["pass"]) == k and r["build"] == "base"]
-    n = [r["ms"] for r in rows if (r["case"], r["impl"], r["pass"]) == k and r["build"] == "new"]
-    fb = " ".join(f"{x:.4f}" for x in b)
-    fn = " ".join(f"{x:.4f}" for x in n)
-    ratio = f"{statistics.median(b) / statistics.median(n):.3f}" if b and n else "-"
-    print(f"{k[0]:34s} {k[1]:10s} {k[2]:8s} {fb:>22s} {fn:>22s} {ratio:>11s}")
-EOF
-  cat "$OUT/logs/ab_table.log"
-fi
+PYT="$PY -m pytest -q -p no:cacheprovider -rfE"
 
 if want test; then
-  step pytest_attn 200 $PY -m pytest -q -x -p no:cacheprovider tests/test_attention_cuda.py -rfE
-  step pytest_step 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_decode_step.py -rfE
+  step pytest_attn 200 $PYT -x tests/test_attention_cuda.py
+  step pytest_step 90 $PYT tests/test_cuda_decode_step.py
+  step pytest_flash 90 $PYT -rs tests/test_flash_backend.py
 fi
-if want train; then
-  step train 240 $PY benchmarks/train_cuda.py --attention --profile fastrader,fa2-local --json "$OUT/train_cuda.json"
+if want sanitize; then
+  step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/cuda_sanitize.py
+  step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 $PY benchmarks/cuda_sanitize.py
+  step memcheck_step 60 compute-sanitizer --tool memcheck --error-exitcode 9 $PYT tests/test_cuda_decode_step.py -k "odd or nosink"
+  step racecheck_step 60 compute-sanitizer --tool racecheck --error-exitcode 9 $PYT tests/test_cuda_decode_step.py -k "odd"
 fi
 if want decode; then
   step decode 120 $PY benchmarks/decode_cuda.py --json "$OUT/decode_cuda.json"
 fi
-if want sanitize; then
-  step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -p no:cacheprovider \
-    tests/test_cuda_decode_step.py -k "odd or nosink"
-  step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 $PY -m pytest -q -p no:cacheprovider \
-    tests/test_cuda_decode_step.py -k "odd"
+if want ncu; then
+  step ncu 120 bash -c "for d in 8 32; do ncu --clock-control none -k regex:fwd_mma --launch-count 1 --section SpeedOfLight \
+    --section Occupancy --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis \
+    $PY benchmarks/cuda_profile_case.py 8 8 2048 \$d 256; done"
+  cp "$OUT/logs/ncu.log" "$OUT/ncu_small.txt" 2>/dev/null
+fi
+if want fa4; then
+  if ls /tmp/fa4parts/fa4part.00 >/dev/null 2>&1; then
+    rm -rf /tmp/fa4site && mkdir -p /tmp/fa4site &&
+      cat /tmp/fa4parts/fa4part.00 .carry/fa4b/fa4part.01 | xz -dc | tar -xf - -C /tmp/fa4site &&
+      export PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
+    step fa4_import 120 $PY -c "from flash_attn.cute import flash_attn_func; import cutlass; print('fa4 imports', cutlass.__file__)"
+    step pytest_flash_fa4 150 $PYT -rs tests/test_flash_backend.py
+  else
+    summary+=("fa4               skipped: /tmp/fa4parts is gone (a fresh machine): FA4 not installed")
+  fi
+fi
+if want attn; then
+  step attn 330 $PY benchmarks/attention_cuda.py --json "$OUT/attention_cuda.json"
+fi
+if want train; then
+  step train 330 $PY benchmarks/train_cuda.py --attention --json "$OUT/train_cuda.json"
+fi
+if want trainloop; then
+  step trainloop 200 $PY benchmarks/train_loop_cuda.py --json "$OUT/train_loop_cuda.json"
 fi
 echo "---- tails"
-for f in pytest_attn pytest_step memcheck racecheck; do
-  [ -f "$OUT/logs/$f.log" ] && echo "== $f" && grep -E "passed|failed|FAILED|Error|ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/logs/$f.log" | tail -8
+for f in pytest_attn pytest_step pytest_flash pytest_flash_fa4 memcheck racecheck memcheck_step racecheck_step fa4_import; do
+  [ -f "$OUT/logs/$f.log" ] && echo "== $f" && grep -E "passed|failed|FAILED|SKIPPED|Error|ERROR SUMMARY|RACECHECK SUMMARY|imports|ok" "$OUT/logs/$f.log" | tail -8
 done
-[ -f "$OUT/logs/train.log" ] && echo "== train" && grep -E "^  profile|attention only" "$OUT/logs/train.log" && sed -n '/^impl /,$p' "$OUT/logs/train.log"
+[ -f "$OUT/logs/attn.log" ] && echo "== attn" && sed -n '/^case /,$p' "$OUT/logs/attn.log"
+[ -f "$OUT/logs/trainloop.log" ] && echo "== trainloop" && cat "$OUT/logs/trainloop.log"
+[ -f "$OUT/logs/train.log" ] && echo "== train" && grep -E "attention only" "$OUT/logs/train.log" && sed -n '/^impl /,$p' "$OUT/logs/train.log"
 [ -f "$OUT/logs/decode.log" ] && echo "== decode" && sed -n '/^case /,$p' "$OUT/logs/decode.log"
+[ -f "$OUT/logs/ncu.log" ] && echo "== ncu" && grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Block Limit|Issued Ipc" "$OUT/logs/ncu.log"
 exit 0

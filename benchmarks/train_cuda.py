@@ -31,7 +31,16 @@ everything else identical):
 Modes (--modes): ``eager``, plain calls, as a training loop runs them (host
 launch overhead included: at this size the step is partly bound by it);
 ``graph``, the whole step (forward, backward, AdamW with capturable=True)
-captured once in a CUDA graph and replayed (GPU time only). --attention adds
+captured once in a CUDA graph and replayed (GPU time only); ``compile`` and
+``compile-graph``, the same two with the model under ``torch.compile``;
+``compile-ro``, plain steps with the model under
+``torch.compile(mode="reduce-overhead")`` (Inductor's CUDA graphs of the
+forward and backward, the optimiser step outside them), which is what
+``fastrader train --compile`` runs on a GPU. Inductor fuses the layer norms, the bias
+reductions and the elementwise work around the attention call, which is
+kept as the opaque op it is (ours is a registered custom op; the peers are
+their own kernels). The optimiser is the fused AdamW (one kernel for all
+parameters), as ``fastrader.model.train`` uses on a GPU. --attention adds
 the attention op alone at the model's shape; --profile IMPL,... prints
 torch.profiler's kernel table for eager steps.
 
@@ -110,23 +119,33 @@ def run_impl(impl, args, x, y, state, mode="eager"):
     n_tokens = args.bars + cfg.sinks
     orig = transformer.attend
     transformer.attend = make_attend(impl, n_tokens, cfg.window, cfg.sinks)
-    graph_mode = mode == "graph"
+    graph_mode = mode.endswith("graph")
     try:
         torch.manual_seed(0)
         model = CausalTransformer(cfg).to(x.device)
         model.load_state_dict(state)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=graph_mode)
+        fused = x.device.type == "cuda"
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=graph_mode, fused=fused)
+        # compiled after the attention swap above, so the traced graph calls this impl
+        if mode == "compile-ro":
+            fwd = torch.compile(model, dynamic=False, mode="reduce-overhead")
+        elif mode.startswith("compile"):
+            fwd = torch.compile(model, dynamic=False)
+        else:
+            fwd = model
 
         def fwd_bwd_step():
             # a graph must not keep autocast's cast-weight cache across replays
             with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=not graph_mode):
-                pred = model(x)
+                pred = fwd(x)
             loss = F.mse_loss(pred.float(), y)
             loss.backward()
             opt.step()
 
         def step():
             opt.zero_grad(set_to_none=True)
+            if mode == "compile-ro":
+                torch.compiler.cudagraph_mark_step_begin()
             fwd_bwd_step()
 
         with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16):
@@ -236,8 +255,10 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30, help="timed steps (median)")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma list of {IMPLS}")
-    p.add_argument("--modes", default="eager,graph",
-                   help="eager: plain calls (what a training loop runs); graph: the whole step in a CUDA graph")
+    p.add_argument("--modes", default="eager,graph,compile,compile-ro,compile-graph",
+                   help="eager: plain calls (what a training loop runs); graph: the whole step in a CUDA graph; "
+                        "compile, compile-graph: the same with the model under torch.compile; compile-ro: "
+                        "plain steps, the model under torch.compile(mode='reduce-overhead') (fastrader train --compile)")
     p.add_argument("--profile", default="", help="comma list of impls to profile (eager, torch.profiler)")
     p.add_argument("--attention", action="store_true", help="also time the attention op alone at the model's shape")
     p.add_argument("--json", metavar="PATH")

@@ -540,14 +540,15 @@ def run(cfg: RunConfig) -> RunOutcome:
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    bar = tqdm(total=3, desc="fastrader: data, model and signals", unit="step", disable=not cfg.progress, leave=False)
-    prep = prepare(cfg)
-    bar.update()
-    bar.set_description("fastrader: backtest")
-    result = backtest(prep)
-    bar.update()
-    bar.set_description("fastrader: results and tearsheet")
-    outcome = report(prep, result, t_start)
-    bar.update()
-    bar.close()
+    # a context manager, so that an error clears the bar before its `error:` line is printed
+    with tqdm(total=3, desc="fastrader: data, model and signals", unit="step", disable=not cfg.progress,
+              leave=False) as bar:
+        prep = prepare(cfg)
+        bar.update()
+        bar.set_description("fastrader: backtest")
+        result = backtest(prep)
+        bar.update()
+        bar.set_description("fastrader: results and tearsheet")
+        outcome = report(prep, result, t_start)
+        bar.update()
     return outcome

@@ -23,7 +23,7 @@ _RUN_OPTS = {
     "train_frac": float, "val_frac": float, "horizon": int, "target": str, "cost": float, "vol_window": int,
     "steps": int, "batch_size": int, "seq_len": int, "lr": float, "min_lr_frac": float, "warmup": int,
     "weight_decay": float, "grad_clip": float, "eval_every": int, "patience": int, "seed": int,
-    "attention": str, "device": str,
+    "attention": str, "device": str, "compile": "bool",
 }
 # flag -> ModelConfig field
 _MODEL_OPTS = {"d_model": "d_model", "layers": "n_layers", "heads": "n_heads", "d_ff": "d_ff", "window": "window",
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
     g.add_argument("--attention", choices=["auto", "fastrader", "sdpa", "flash"], help=f"attention backend (default: {d.attention})")
     g.add_argument("--device", help=f"auto, cpu or cuda (default: {d.device}; bf16 autocast on CUDA)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training step's model (worth it on a GPU: fuses the work around "
+                        "the attention op; the first steps pay tens of seconds of compile)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -133,6 +136,11 @@ def config_from_args(args: argparse.Namespace, file: dict | None = None) -> tupl
     for name, typ in _RUN_OPTS.items():
         v = pick(name)
         if v is not None:
+            if typ == "bool":
+                if not isinstance(v, bool):
+                    raise ConfigError(f"{name} must be true or false, got {v!r}")
+                kw[name] = v
+                continue
             try:
                 kw[name] = typ(v)
             except (TypeError, ValueError):

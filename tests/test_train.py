@@ -167,3 +167,39 @@ def test_shipped_checkpoint_still_loads():
     ck = load()
     assert ck.train["start_ms"] < ck.train["end_ms"] and "data_digest" in ck.train
     assert load_file(str(__import__("fastrader.model.checkpoint", fromlist=["x"]).DEFAULT_CHECKPOINT))
+
+
+def test_compiled_training_equals_eager(bars, tmp_path, capsys):
+    """``compile=True`` (``fastrader train --compile``) trains the same model: same loss history and
+    weights as the plain module, to float32 reassociation error (Inductor fuses and reorders)."""
+    cfg = dict(steps=4, eval_every=2, model=dict(SMALL, dropout=0.0))
+    eager, rep_e = train(bars, small_cfg(**cfg), progress=False)
+    comp, rep_c = train(bars, small_cfg(**cfg, compile=True), progress=False)
+    assert rep_c["steps_done"] == 4 and comp.train["config"]["compile"] is True
+    ve = [h["val_loss"] for h in rep_e["history"]]
+    vc = [h["val_loss"] for h in rep_c["history"]]
+    np.testing.assert_allclose(vc, ve, rtol=1e-4)
+    moved = 0.0
+    for k, v in _weights(eager).items():
+        torch.testing.assert_close(comp.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+        moved = max(moved, float((v - small_cfg_init(k)).abs().max()))
+    assert moved > 1e-3  # the steps changed the weights, so agreeing is not trivial
+
+    from fastrader.train import main
+
+    data = tmp_path / "bars.csv"
+    random_candles(600, seed=5).to_csv(data, index=False)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('compile = "yes"\n')
+    assert main(["--config", str(bad), "--data", str(data), "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == "error: compile must be true or false, got 'yes'"
+
+
+def small_cfg_init(name: str) -> torch.Tensor:
+    """The weights ``train`` starts from (seed 0, before any step)."""
+    from fastrader.model.transformer import CausalTransformer, ModelConfig
+
+    torch.manual_seed(0)
+    n = len(default_spec().names)
+    return CausalTransformer(ModelConfig(n_features=n, **dict(SMALL, dropout=0.0))).state_dict()[name]

@@ -7,8 +7,10 @@ Query i sees key j iff j <= i and either (i - j) < window * dilation with
 * ``sdpa``: PyTorch's ``scaled_dot_product_attention`` over query chunks with an
   explicit boolean mask; a fallback when the extension is not built, and the
   peer the benchmarks compare against.
-* ``flash``: ``flash_attn_func`` with a causal sliding window; CUDA, half
-  precision, dilation 1 and no sinks only (flash-attn has neither).
+* ``flash``: FlashAttention with a causal sliding window (flash-attn-4 when
+  installed, else flash-attn 2, else the FlashAttention-2 bundled with CUDA
+  builds of PyTorch; ``fastrader.model.flash``); CUDA only, dilation 1 and no
+  sinks only (FlashAttention has neither).
 * ``auto``: ``fastrader`` if the extension is importable, else ``sdpa``.
 """
 
@@ -36,10 +38,9 @@ def resolve_backend(name: str) -> str:
     if name == "fastrader" and not _fastrader_available():
         raise ConfigError("attention backend 'fastrader' needs the compiled extension; reinstall with `make install`")
     if name == "flash":
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError("attention backend 'flash' needs flash-attn: pip install 'fastrader[flash]'") from exc
+        from .flash import implementation
+
+        implementation()  # a ConfigError naming what was tried when no FlashAttention imports
     return name
 
 
@@ -79,13 +80,7 @@ def attend(q, k, v, *, window: int, dilation: int = 1, sinks: int = 0, backend: 
     if backend == "sdpa":
         return _sdpa_chunked(q, k, v, window, dilation, sinks)
     if backend == "flash":
-        if dilation != 1 or sinks != 0:
-            raise ConfigError("attention backend 'flash' supports neither dilation nor sink tokens")
-        from flash_attn import flash_attn_func
+        from .flash import flash_attention
 
-        # flash-attn wants (B, N, H, D) and counts the window's left edge inclusively.
-        out = flash_attn_func(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, window_size=(window - 1, 0)
-        )
-        return out.transpose(1, 2)
+        return flash_attention(q, k, v, window, dilation, sinks)
     raise ConfigError(f"unknown attention backend {backend!r}")

@@ -77,6 +77,11 @@ class TrainConfig:
     seed: int = 0
     attention: str = "auto"
     device: str = "cpu"
+    # torch.compile the training forward (and so its backward): Inductor fuses the layer norms,
+    # bias reductions and elementwise work around the attention op, which at the seed model's
+    # size take most of a step; on a GPU also CUDA graphs (mode "reduce-overhead"), since a
+    # step of small kernels is otherwise bound by launches. The first steps pay the compile.
+    compile: bool = False
     model: dict = field(default_factory=dict)  # overrides of ModelConfig fields
 
     def check(self) -> None:
@@ -349,7 +354,9 @@ def train(
 
     mcfg = ModelConfig(n_features=len(spec.names), **cfg.model)
     model = CausalTransformer(mcfg).set_backend(resolve_backend(cfg.attention)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _adamw(model, device, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # evaluation runs the plain module (its sequence length differs); state_dict is the module's either way
+    fwd = _compiled(model, device) if cfg.compile else model
     X = torch.from_numpy(zf)
     Y = torch.from_numpy(np.nan_to_num(y).astype(np.float32))
     M = torch.from_numpy(tr)
@@ -395,8 +402,10 @@ def train(
         # The first receptive field of each window sees truncated history: no loss there.
         mb[:, :warm_mask] = False
         mb = mb.to(device)
+        if cfg.compile and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # last step's graph outputs are dead
         with _autocast(device):
-            pred = model(xb).float()
+            pred = fwd(xb).float()
         loss = target_loss(cfg.target, pred, yb, mb, cost_y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -492,6 +501,17 @@ def train(
     return ckpt, report
 
 
+def _adamw(model: torch.nn.Module, device: torch.device, **kw) -> torch.optim.AdamW:
+    """AdamW; on a GPU the fused kernel (one launch for every parameter, where the default
+    foreach path launches a dozen per step), on the CPU the default."""
+    return torch.optim.AdamW(model.parameters(), fused=device.type == "cuda", **kw)
+
+
+def _compiled(model: torch.nn.Module, device: torch.device):
+    """The model under torch.compile for training steps of one fixed shape; CUDA graphs on a GPU."""
+    return torch.compile(model, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -506,14 +526,17 @@ def train_speed(cfg: TrainConfig, n_features: int, steps: int = 5, warmup: int =
     device = _resolve_device(cfg.device)
     mcfg = ModelConfig(n_features=n_features, **cfg.model)
     model = CausalTransformer(mcfg).set_backend(resolve_backend(cfg.attention)).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    opt = _adamw(model, device, lr=cfg.lr)
+    fwd = _compiled(model, device) if cfg.compile else model
     x = torch.randn(cfg.batch_size, cfg.seq_len, n_features, device=device)
     yv = torch.randn(cfg.batch_size, cfg.seq_len, device=device)
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
+        if cfg.compile and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
         with _autocast(device):
-            loss = F.huber_loss(model(x).float(), yv)
+            loss = F.huber_loss(fwd(x).float(), yv)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

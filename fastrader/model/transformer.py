@@ -123,6 +123,13 @@ class CausalTransformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     def set_backend(self, backend: str) -> "CausalTransformer":
+        if backend == "flash" and (self.cfg.sinks or any(d != 1 for d in self.cfg.dilations)):
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"attention backend 'flash' runs models with dilation 1 and no sink tokens; this one has dilations "
+                f"{list(self.cfg.dilations)} and {self.cfg.sinks} sink(s): use --attention fastrader"
+            )
         for b in self.blocks:
             b.attn.backend = backend
         return self
