@@ -8,6 +8,7 @@ OUT=${OUT:-/tmp/fastrader-device}
 mkdir -p "$OUT/logs"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts outside the root (/tmp/probe.py) import this checkout
 BUDGET=${BUDGET:-560}
 steps=${*:-all}
 want() { [[ " $steps " == *" all "* || " $steps " == *" $1 "* ]]; }

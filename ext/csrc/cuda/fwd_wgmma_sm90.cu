@@ -267,10 +267,14 @@ struct WgCfg {
   static constexpr int kConsumerWarps = 8;
 };
 
-// 224 registers a thread (9 warps fit 65536): with fewer ptxas serialises the
-// wgmma products at D = 128 (warning C7512); D = 64 takes 154.
+// 168 registers a thread at most: the 9 warps sit on the SM's 4 quarters
+// (16384 registers each) 3-2-2-2, so 3 warps must fit one quarter
+// (3 * 32 * 168 = 16128). 224 (65536 / 288) built but failed at launch ("too
+// many resources requested", H200). D = 64 takes 154 with no serialisation;
+// D = 128 takes 160 and ptxas serialises its wgmma products (C7512: too few
+// registers), which 3 warpgroups with setmaxnreg would lift.
 template <typename T, int D, int BN, int ST>
-__global__ void __maxnreg__(224)
+__global__ void __maxnreg__(168)
     fwd_wgmma_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                      const __grid_constant__ CUtensorMap tv, T* __restrict__ o, float* __restrict__ lse, BandGeo g,
                      int tblocks) {
