@@ -402,6 +402,31 @@ def test_can_run_matches_dispatch():
     assert not can_run("cpu", q)[0]
 
 
+@pytest.mark.parametrize("d,dilation,dtype", [(64, 1, torch.bfloat16), (128, 1, torch.float16), (32, 1, torch.bfloat16),
+                                              (64, 2, torch.bfloat16), (64, 1, torch.float32)])
+def test_can_run_wgmma_matches_the_kernels_own_check(d, dilation, dtype, monkeypatch):
+    """can_run("cuda-wgmma") says yes exactly when FASTRADER_CUDA_FWD=wgmma runs the call, and its
+    reason names the same cause as the kernel's refusal."""
+    from fastrader.attention.ops import can_run
+
+    q = torch.randn(1, 2, 40, d, device="cuda", dtype=dtype)
+    ok, why = can_run("cuda-wgmma", q, window=8, dilation=dilation)
+    monkeypatch.setenv("FASTRADER_CUDA_FWD", "wgmma")
+    try:
+        torch.ops.fastrader.sparse_attn_fwd(q, q, q, 8, dilation, 0, 0.1)
+        ran, err = True, ""
+    except RuntimeError as exc:
+        ran, err = False, str(exc)
+    assert ok == ran, (why, err)
+    if not ok:
+        assert "refuses" in err
+        # (can_run's words, the kernel's words) for each cause
+        causes = (("float16/bfloat16", "dtype"), ("head_dim", "head_dim"), ("dilation", "dilation"),
+                  ("compute capability", "compute capability"), ("sm_90a", "sm_90a"))
+        ours, theirs = next(c for c in causes if c[0] in why)
+        assert theirs in err, (why, err)
+
+
 # ------------------------------------------------------------------- decode
 
 

@@ -80,19 +80,30 @@ def _kernel_devices():
 _KERNEL_DEVICES = _kernel_devices()
 
 
-BACKENDS = ("cpu", "cuda-mma", "cuda-scalar")
+BACKENDS = ("cpu", "cuda-wgmma", "cuda-mma", "cuda-scalar")
+
+
+def _build_has_sm90a():
+    """True when fastrader._C carries sm_90a code (setup.py builds the 9.0 code as sm_90a)."""
+    archs = _C.build_info().get("cuda_archs", "") if _LOAD_ERROR is None else ""
+    return any(a.strip().split("+")[0] in ("9.0", "9.0a") for a in archs.replace(" ", ";").split(";"))
 
 
 def can_run(backend, q, window=256, dilation=1, sinks=0):
     """Whether ``backend`` computes sparse attention for ``q``: ``(ok, reason)``.
 
-    Backends: ``"cpu"`` (the C++ kernels), ``"cuda-mma"`` (the tensor-core
-    kernels: float16/bfloat16, head dim <= 128, compute capability >= 8.0,
-    and ``FASTRADER_CUDA_KERNEL`` not set to ``scalar``) and ``"cuda-scalar"``
-    (every dtype; the CUDA op uses it whenever ``cuda-mma`` cannot run).
-    Mirrors the dispatch in ext/csrc/cuda/sparse_attention_cuda.cu and
-    mma_supported() in fwd_mma.cu. window, dilation and sinks do not restrict
-    any backend today; they are part of the question for future kernels.
+    Backends: ``"cpu"`` (the C++ kernels), ``"cuda-wgmma"`` (the Hopper
+    forward: what ``cuda-mma`` takes, head dim 64 or 128, compute capability
+    9.0, a build with sm_90a code, dilation 1; the forward of such calls runs
+    it unless ``FASTRADER_CUDA_FWD=mma``, their backward stays ``cuda-mma``),
+    ``"cuda-mma"`` (the tensor-core kernels: float16/bfloat16, head dim <= 128,
+    compute capability >= 8.0, and ``FASTRADER_CUDA_KERNEL`` not set to
+    ``scalar``) and ``"cuda-scalar"`` (every dtype; the CUDA op uses it
+    whenever ``cuda-mma`` cannot run). Mirrors the dispatch in
+    ext/csrc/cuda/sparse_attention_cuda.cu, mma_supported() in fwd_mma.cu and
+    wgmma_refusal() in fwd_wgmma_sm90.cu (which also refuses a device whose
+    shared memory per block is too small). window and sinks restrict no
+    backend today.
     """
     import os
 
@@ -112,7 +123,7 @@ def can_run(backend, q, window=256, dilation=1, sinks=0):
         return False, f"{backend} needs a {want} tensor, got {q.device}"
     if want not in _KERNEL_DEVICES:
         return False, f"fastrader._C was built without {want} kernels"
-    if backend == "cuda-mma":
+    if backend in ("cuda-mma", "cuda-wgmma"):
         if q.dtype not in (torch.float16, torch.bfloat16):
             return False, f"tensor-core kernels take float16/bfloat16, got {q.dtype} (cuda-scalar runs it)"
         if q.shape[-1] > 128:
@@ -122,6 +133,15 @@ def can_run(backend, q, window=256, dilation=1, sinks=0):
             return False, f"tensor-core kernels need compute capability >= 8.0, device has {major}.{minor}"
         if os.environ.get("FASTRADER_CUDA_KERNEL") == "scalar":
             return False, "FASTRADER_CUDA_KERNEL=scalar forces the scalar kernels"
+    if backend == "cuda-wgmma":
+        if q.shape[-1] not in (64, 128):
+            return False, f"the wgmma forward takes head_dim 64 or 128, got {q.shape[-1]}"
+        if not _build_has_sm90a():
+            return False, "this build of fastrader._C has no sm_90a code (TORCH_CUDA_ARCH_LIST without 9.0)"
+        if (major, minor) != (9, 0):
+            return False, f"the wgmma forward needs compute capability 9.0 (sm_90a), device has {major}.{minor}"
+        if min(int(dilation), q.shape[-2]) != 1:
+            return False, f"the wgmma forward takes dilation 1, got {dilation} (cuda-mma runs it)"
     return True, "ok"
 
 
