@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attention", choices=["auto", "fastrader", "sdpa", "flash"], help=f"attention backend (default: {d.attention})")
     g.add_argument("--device", help=f"auto, cpu or cuda (default: {d.device}; bf16 autocast on CUDA)")
     g.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training step's model (worth it on a GPU: fuses the work around "
-                        "the attention op; the first steps pay tens of seconds of compile)")
+                   help="torch.compile the training step's model (on a GPU with CUDA graphs: fuses the work around "
+                        "the attention op, no launch cost per kernel; the first steps pay tens of seconds of compile)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
