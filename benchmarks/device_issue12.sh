@@ -12,7 +12,8 @@
 #   fa4        join /tmp/fa4parts with .carry/fa4b/* and unpack flash-attn-4 and its CuTe DSL
 #              into /tmp/fa4site (PYTHONPATH), then the flash backend test again (FA4 path)
 #   attn       benchmarks/attention_cuda.py, every case, with FA4 when it imports
-#   train      benchmarks/train_cuda.py (eager, graph, compile, compile-ro, compile-graph)
+#   train      benchmarks/train_cuda.py (eager, graph, compile, compile-ro, compile-graph;
+#              TRAIN_ARGS="--modes ... --impls ..." narrows it)
 #   trainloop  benchmarks/train_loop_cuda.py: fastrader's own loop with and without --compile
 #
 #   bash benchmarks/device_issue12.sh STEP...        (build always runs)
@@ -106,7 +107,7 @@ if want attn; then
   step attn 330 $PY benchmarks/attention_cuda.py --json "$OUT/attention_cuda.json"
 fi
 if want train; then
-  step train 330 $PY benchmarks/train_cuda.py --attention --json "$OUT/train_cuda.json"
+  step train 330 $PY benchmarks/train_cuda.py ${TRAIN_ARGS:-} --attention --json "$OUT/train_cuda.json"
 fi
 if want trainloop; then
   step trainloop 200 $PY benchmarks/train_loop_cuda.py --json "$OUT/train_loop_cuda.json"

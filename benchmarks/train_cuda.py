@@ -114,6 +114,7 @@ def run_impl(impl, args, x, y, state, mode="eager"):
     from fastrader.model import transformer
     from fastrader.model.presets import seed_config
     from fastrader.model.transformer import CausalTransformer
+    from fastrader.model.train import _adamw
 
     cfg = seed_config(window=args.window, sinks=args.sinks)
     n_tokens = args.bars + cfg.sinks
@@ -124,8 +125,7 @@ def run_impl(impl, args, x, y, state, mode="eager"):
         torch.manual_seed(0)
         model = CausalTransformer(cfg).to(x.device)
         model.load_state_dict(state)
-        fused = x.device.type == "cuda"
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=graph_mode, fused=fused)
+        opt = _adamw(model, x.device, lr=1e-4, capturable=graph_mode)  # fused on a GPU, as train uses
         # compiled after the attention swap above, so the traced graph calls this impl
         if mode == "compile-ro":
             fwd = torch.compile(model, dynamic=False, mode="reduce-overhead")

@@ -402,8 +402,6 @@ def train(
         # The first receptive field of each window sees truncated history: no loss there.
         mb[:, :warm_mask] = False
         mb = mb.to(device)
-        if cfg.compile and device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()  # last step's graph outputs are dead
         with _autocast(device):
             pred = fwd(xb).float()
         loss = target_loss(cfg.target, pred, yb, mb, cost_y)
@@ -508,8 +506,19 @@ def _adamw(model: torch.nn.Module, device: torch.device, **kw) -> torch.optim.Ad
 
 
 def _compiled(model: torch.nn.Module, device: torch.device):
-    """The model under torch.compile for training steps of one fixed shape; CUDA graphs on a GPU."""
-    return torch.compile(model, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+    """The model under torch.compile for training steps of one fixed shape; CUDA graphs on a GPU.
+
+    Returns a forward for one step at a time: on a GPU each call first marks a new step, so the
+    graphs may reuse the last step's outputs (dead by then)."""
+    if device.type != "cuda":
+        return torch.compile(model, dynamic=False)
+    compiled = torch.compile(model, dynamic=False, mode="reduce-overhead")
+
+    def step_forward(x):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(x)
+
+    return step_forward
 
 
 def _autocast(device: torch.device):
@@ -533,8 +542,6 @@ def train_speed(cfg: TrainConfig, n_features: int, steps: int = 5, warmup: int =
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
-        if cfg.compile and device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
         with _autocast(device):
             loss = F.huber_loss(fwd(x).float(), yv)
         opt.zero_grad(set_to_none=True)
