@@ -4,13 +4,15 @@
 #   build      the tree's extensions in place (incremental when the machine is warm)
 #   fa4stage   copy .carry/fa4a/* to /tmp/fa4parts (the first part of the flash-attn-4
 #              site tree, which is over one call's 64 MiB: it travels in two calls)
-#   test       the CUDA tests: attention, the whole-step decode kernel, the flash backend
+#   test       the CUDA tests: attention (default dispatch, then the mma.sync forward forced),
+#              the whole-step decode kernel, the flash backend
 #   sanitize   compute-sanitizer memcheck and racecheck on every attention kernel
 #              (benchmarks/cuda_sanitize.py) and on the decode-step kernel
 #   decode     the whole-model decode step through CUDA graphs (benchmarks/decode_cuda.py)
 #   ncu        Nsight Compute on the small-head-dim forward (D=8 and D=32)
 #   fa4        join /tmp/fa4parts with .carry/fa4b/* and unpack flash-attn-4 and its CuTe DSL
 #              into /tmp/fa4site (PYTHONPATH), then the flash backend test again (FA4 path)
+#   attnsmall  benchmarks/attention_cuda.py --small (head dims 8-32 and the default model; FA2-local, FA4 if imported)
 #   attn       benchmarks/attention_cuda.py, every case, with FA4 when it imports
 #   train      benchmarks/train_cuda.py (eager, graph, compile, compile-ro, compile-graph;
 #              TRAIN_ARGS="--modes ... --impls ..." narrows it)
@@ -74,6 +76,8 @@ PYT="$PY -m pytest -q -p no:cacheprovider -rfE"
 
 if want test; then
   step pytest_attn 200 $PYT -x tests/test_attention_cuda.py
+  # the mma.sync forward at D = 64/128 too (on Hopper those run the wgmma kernel by default)
+  step pytest_attn_mma 150 env FASTRADER_CUDA_FWD=mma $PYT -x tests/test_attention_cuda.py -k "parity or fuzz or opcheck"
   step pytest_step 90 $PYT tests/test_cuda_decode_step.py
   step pytest_flash 90 $PYT -rs tests/test_flash_backend.py
 fi
@@ -103,6 +107,9 @@ if want fa4; then
     summary+=("fa4               skipped: /tmp/fa4parts is gone (a fresh machine): FA4 not installed")
   fi
 fi
+if want attnsmall; then
+  step attnsmall 150 $PY benchmarks/attention_cuda.py --small --no-flex --no-decode --json "$OUT/attention_small.json"
+fi
 if want attn; then
   step attn 330 $PY benchmarks/attention_cuda.py --json "$OUT/attention_cuda.json"
 fi
@@ -113,9 +120,10 @@ if want trainloop; then
   step trainloop 200 $PY benchmarks/train_loop_cuda.py --json "$OUT/train_loop_cuda.json"
 fi
 echo "---- tails"
-for f in pytest_attn pytest_step pytest_flash pytest_flash_fa4 memcheck racecheck memcheck_step racecheck_step fa4_import; do
+for f in pytest_attn pytest_attn_mma pytest_step pytest_flash pytest_flash_fa4 memcheck racecheck memcheck_step racecheck_step fa4_import; do
   [ -f "$OUT/logs/$f.log" ] && echo "== $f" && grep -E "passed|failed|FAILED|SKIPPED|Error|ERROR SUMMARY|RACECHECK SUMMARY|imports|ok" "$OUT/logs/$f.log" | tail -8
 done
+[ -f "$OUT/logs/attnsmall.log" ] && echo "== attnsmall" && sed -n '/^case /,$p' "$OUT/logs/attnsmall.log"
 [ -f "$OUT/logs/attn.log" ] && echo "== attn" && sed -n '/^case /,$p' "$OUT/logs/attn.log"
 [ -f "$OUT/logs/trainloop.log" ] && echo "== trainloop" && cat "$OUT/logs/trainloop.log"
 [ -f "$OUT/logs/train.log" ] && echo "== train" && grep -E "attention only" "$OUT/logs/train.log" && sed -n '/^impl /,$p' "$OUT/logs/train.log"

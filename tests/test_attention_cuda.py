@@ -145,11 +145,12 @@ def check_parity(tag, ours, ref64, reflow, dtype):
     assert not failures, f"{tag}: " + "; ".join(failures)
 
 
-def run_case(b, h, n, d, window, dilation, sinks, dtype, seed, use_glse=True):
+def run_case(b, h, n, d, window, dilation, sinks, dtype, seed, use_glse=True, scale=None):
     q, k, v, g_out, g_lse = random_inputs(b, h, n, d, dtype, seed)
     if not use_glse:
         g_lse = None
-    scale = 1.0 / math.sqrt(d)
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
     mask = allowed(n, window, dilation, sinks, "cuda")
     ops = torch.ops.fastrader
     out, lse = ops.sparse_attn_fwd(q, k, v, window, dilation, sinks, scale)
@@ -222,6 +223,15 @@ def test_parity_edges(n, d, window, dilation, sinks, dtype):
 @pytest.mark.parametrize("d", [8, 64, 128])
 def test_parity_float64(dtype, window, dilation, sinks, d):
     run_case(2, 2, 157, d, window, dilation, sinks, dtype, seed=window * 31 + d)
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=lambda t: str(t)[6:])
+@pytest.mark.parametrize("scale", [-0.3, 0.0, 2.5])
+@pytest.mark.parametrize("d,window,sinks", [(8, 40, 0), (16, 70, 3), (24, 33, 0), (32, 129, 0), (64, 65, 2)])
+def test_parity_any_scale(dtype, scale, d, window, sinks):
+    """The forward takes row maxima on unscaled scores (scale folded into the exponent's FMA): a
+    negative or zero scale goes through the host's exact rewrite, a large one through the kernel."""
+    run_case(2, 2, 301, d, window, 1, sinks, dtype, seed=int(abs(scale) * 10) + d, scale=scale)
 
 
 @pytest.mark.parametrize("dtype", LOWP, ids=lambda t: str(t)[6:])

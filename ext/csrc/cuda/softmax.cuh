@@ -73,5 +73,59 @@ struct OnlineSoftmax {
   }
 };
 
+// The forward's online softmax on raw (unscaled) scores, for scale > 0: the
+// row maximum is taken before scaling, and each P is exp2(fma(s, sl2, -m))
+// with m the running maximum in base 2. on(j): 16-key group j of the tile
+// (C tiles 2j, 2j+1) was computed; the others are skipped. SUM = false: the
+// caller gets the row sums elsewhere (the ones column of P V) and l is
+// unused here.
+template <bool SUM>
+struct RawOnlineSoftmax {
+  float m[2] = {-INFINITY, -INFINITY};
+  float l[2] = {0.f, 0.f};
+
+  template <int NT8, int NO8, typename On>
+  __device__ __forceinline__ void update(float (&s)[NT8][4], float (&acc)[NO8][4], float sl2, On&& on) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < NT8; ++n)
+        if (on(n >> 1)) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mnew = fmaxf(m[h], mx * sl2);
+      // A row that has seen no key yet keeps m = -inf; subtract 0 then, so
+      // that exp2(-inf - -inf) never makes a NaN.
+      const float mu = mnew == -INFINITY ? 0.f : mnew;
+      const float alpha = exp2f(m[h] - mu);
+      m[h] = mnew;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < NT8; ++n) {
+        if (!on(n >> 1)) continue;
+        s[n][2 * h] = exp2f(fmaf(s[n][2 * h], sl2, -mu));
+        s[n][2 * h + 1] = exp2f(fmaf(s[n][2 * h + 1], sl2, -mu));
+        if (SUM) sum += s[n][2 * h] + s[n][2 * h + 1];
+      }
+      if (SUM) l[h] = l[h] * alpha + sum;
+#pragma unroll
+      for (int n = 0; n < NO8; ++n) {
+        acc[n][2 * h] *= alpha;
+        acc[n][2 * h + 1] *= alpha;
+      }
+    }
+  }
+
+  // Full row sums across the 4 threads of a row (SUM only).
+  __device__ __forceinline__ void finish() {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    }
+  }
+};
+
 }  // namespace cuda
 }  // namespace fastrader
