@@ -42,7 +42,7 @@ namespace cuda {
 namespace {
 
 #ifndef FR_FWD_MINB
-#define FR_FWD_MINB (DP == 16 && ONES ? 6 : 0)
+#define FR_FWD_MINB (DP == 16 && ONES && MT == 1 ? 6 : DP == 16 && MT == 2 ? 4 : 0)
 #endif
 
 // ONES (D == DP - 8, e.g. D = 8): V's first padding column holds 1.0, so
@@ -364,18 +364,26 @@ void launch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, a
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Query rows per warp at the small head dims: FASTRADER_FWD_MT = 1 or 2
+// (16 or 32 rows; read per call, for A/B runs in one process).
+int small_mt() {
+  const char* e = std::getenv("FASTRADER_FWD_MT");
+  return e != nullptr && std::strcmp(e, "2") == 0 ? 2 : 1;
+}
+
 template <typename T>
 void dispatch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
                   const BandGeo& g) {
   // D = 8 and D = 24 leave one padding column of 8 for the row sums (ONES).
+  const bool mt2 = g.D <= 32 && small_mt() == 2;
   if (g.D == 8) {
-    launch_fwd<T, 16, 1, true>(q, k, v, out, lse, g);
+    mt2 ? launch_fwd<T, 16, 2, true>(q, k, v, out, lse, g) : launch_fwd<T, 16, 1, true>(q, k, v, out, lse, g);
   } else if (g.D <= 16) {
-    launch_fwd<T, 16, 1>(q, k, v, out, lse, g);
+    mt2 ? launch_fwd<T, 16, 2>(q, k, v, out, lse, g) : launch_fwd<T, 16, 1>(q, k, v, out, lse, g);
   } else if (g.D == 24) {
     launch_fwd<T, 32, 1, true>(q, k, v, out, lse, g);
   } else if (g.D <= 32) {
-    launch_fwd<T, 32, 1>(q, k, v, out, lse, g);
+    mt2 ? launch_fwd<T, 32, 2>(q, k, v, out, lse, g) : launch_fwd<T, 32, 1>(q, k, v, out, lse, g);
   } else if (g.D <= 64) {
     // Two 16-row groups per warp (BM = 128) share every K/V fragment read:
     // 6% faster at W = 1024, 8% slower at W = 256 (fewer CTAs per SM at 251

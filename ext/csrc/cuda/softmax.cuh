@@ -88,10 +88,16 @@ struct RawOnlineSoftmax {
   __device__ __forceinline__ void update(float (&s)[NT8][4], float (&acc)[NO8][4], float sl2, On&& on) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
+      // Tree reductions, not a chain: the row's max and sum are the
+      // tile's critical path when few warps share a scheduler.
+      float part[NT8];
 #pragma unroll
-      for (int n = 0; n < NT8; ++n)
-        if (on(n >> 1)) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
+      for (int n = 0; n < NT8; ++n) part[n] = on(n >> 1) ? fmaxf(s[n][2 * h], s[n][2 * h + 1]) : -INFINITY;
+#pragma unroll
+      for (int w = 1; w < NT8; w *= 2)
+#pragma unroll
+        for (int n = 0; n + w < NT8; n += 2 * w) part[n] = fmaxf(part[n], part[n + w]);
+      float mx = part[0];
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float mnew = fmaxf(m[h], mx * sl2);
@@ -100,15 +106,21 @@ struct RawOnlineSoftmax {
       const float mu = mnew == -INFINITY ? 0.f : mnew;
       const float alpha = exp2f(m[h] - mu);
       m[h] = mnew;
-      float sum = 0.f;
 #pragma unroll
       for (int n = 0; n < NT8; ++n) {
         if (!on(n >> 1)) continue;
         s[n][2 * h] = exp2f(fmaf(s[n][2 * h], sl2, -mu));
         s[n][2 * h + 1] = exp2f(fmaf(s[n][2 * h + 1], sl2, -mu));
-        if (SUM) sum += s[n][2 * h] + s[n][2 * h + 1];
       }
-      if (SUM) l[h] = l[h] * alpha + sum;
+      if (SUM) {
+#pragma unroll
+        for (int n = 0; n < NT8; ++n) part[n] = on(n >> 1) ? s[n][2 * h] + s[n][2 * h + 1] : 0.f;
+#pragma unroll
+        for (int w = 1; w < NT8; w *= 2)
+#pragma unroll
+          for (int n = 0; n + w < NT8; n += 2 * w) part[n] += part[n + w];
+        l[h] = l[h] * alpha + part[0];
+      }
 #pragma unroll
       for (int n = 0; n < NO8; ++n) {
         acc[n][2 * h] *= alpha;
