@@ -1,5 +1,6 @@
-"""A/B of the small-head-dim mma.sync forward in one process: 16 query rows
-per warp (FASTRADER_FWD_MT=1, the default) against 32 (FASTRADER_FWD_MT=2),
+"""A/B of the small-head-dim mma.sync forward in one process: two key/value
+stages and two barriers per tile (FASTRADER_FWD_STAGES=2) against three
+stages and one barrier (FASTRADER_FWD_STAGES=3),
 alternating, three times each, at the issue's D = 8/16/32 shapes and the
 default model's. FA2-local's forward is timed beside them each round as the
 peer the ratios are taken against. CUDA-graph replays, medians
@@ -40,28 +41,28 @@ def main(argv=None):
         fwd = impls["fastrader"][0]
         fa2 = impls["fa2-local"]
         outs = {}
-        for mt in ("1", "2"):
-            os.environ["FASTRADER_FWD_MT"] = mt
+        for mt in ("2", "3"):
+            os.environ["FASTRADER_FWD_STAGES"] = mt
             outs[mt] = fwd().float()
-        diff = (outs["1"] - outs["2"]).abs().max().item()
-        times = {"mt1": [], "mt2": [], "fa2-local": []}
+        diff = (outs["2"] - outs["3"]).abs().max().item()
+        times = {"st2": [], "st3": [], "fa2-local": []}
         for _ in range(a.rounds):
-            for mt in ("1", "2"):
-                os.environ["FASTRADER_FWD_MT"] = mt
-                times["mt" + mt].append(ac.bench(fwd))
+            for mt in ("2", "3"):
+                os.environ["FASTRADER_FWD_STAGES"] = mt
+                times["st" + mt].append(ac.bench(fwd))
             if not isinstance(fa2, str):
                 times["fa2-local"].append(ac.bench(fa2[0]))
-        os.environ.pop("FASTRADER_FWD_MT", None)
+        os.environ.pop("FASTRADER_FWD_STAGES", None)
         med = {k: statistics.median(v) for k, v in times.items() if v}
         for impl, ms in med.items():
             rows.append({"case": name, "impl": impl if impl == "fa2-local" else f"fastrader-{impl}", "pass": "fwd",
                          "ms": ms})
         table.append((name, med, diff))
         del impls
-    print(f"{'case':34s} {'mt1 ms':>9s} {'mt2 ms':>9s} {'fa2 ms':>9s} {'fa2/mt1':>8s} {'fa2/mt2':>8s} {'|mt1-mt2|':>10s}")
+    print(f"{'case':34s} {'st2 ms':>9s} {'st3 ms':>9s} {'fa2 ms':>9s} {'fa2/st2':>8s} {'fa2/st3':>8s} {'|st2-st3|':>10s}")
     for name, med, diff in table:
         f = med.get("fa2-local", float("nan"))
-        print(f"{name:34s} {med['mt1']:9.4f} {med['mt2']:9.4f} {f:9.4f} {f / med['mt1']:7.2f}x {f / med['mt2']:7.2f}x "
+        print(f"{name:34s} {med['st2']:9.4f} {med['st3']:9.4f} {f:9.4f} {f / med['st2']:7.2f}x {f / med['st3']:7.2f}x "
               f"{diff:10.3g}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))

@@ -42,7 +42,7 @@ namespace cuda {
 namespace {
 
 #ifndef FR_FWD_MINB
-#define FR_FWD_MINB (DP == 16 && ONES && MT == 1 ? 6 : DP == 16 && MT == 2 ? 4 : 0)
+#define FR_FWD_MINB (DP == 16 && ONES && MT == 1 ? 6 : 0)
 #endif
 
 // ONES (D == DP - 8, e.g. D = 8): V's first padding column holds 1.0, so
@@ -50,7 +50,7 @@ namespace {
 // it multiplies) in accumulator column D, and the softmax skips its per-score
 // row-sum adds. K8 (DP = 16 with D = 8): Q K^T by m16n8k8, the half of the
 // k = 16 product that is not padding.
-template <typename T, int DP, int BM, int BN, int NW, int MT, bool ONES>
+template <typename T, int DP, int BM, int BN, int NW, int MT, bool ONES, int STG>
 __global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
     fwd_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
                    float* __restrict__ lse, BandGeo g, int tblocks) {
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + BM * ST;      // two stages
-  T* sV = sK + 2 * BN * ST;  // two stages
+  T* sV = sK + STG * BN * ST;  // STG stages
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t per_head = int64_t(tblocks) * g.dil;
@@ -91,12 +91,12 @@ __global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
   const int dc = g.D / 8;
   if (dc < DP / 8) {
     constexpr int CH = DP / 8;
-    for (int idx = threadIdx.x; idx < (BM + 4 * BN) * CH; idx += NT) {
+    for (int idx = threadIdx.x; idx < (BM + 2 * STG * BN) * CH; idx += NT) {
       const int row = idx / CH, ch = idx % CH;
       if (ch < dc) continue;
       uint4 z = make_uint4(0u, 0u, 0u, 0u);
-      // the ones column: element 0 of padding chunk dc of a V row (rows BM + 2 BN onwards)
-      if (ONES && ch == dc && row >= BM + 2 * BN) z.x = mma::pack2<T>(1.f, 0.f);
+      // the ones column: element 0 of padding chunk dc of a V row (rows BM + STG BN onwards)
+      if (ONES && ch == dc && row >= BM + STG * BN) z.x = mma::pack2<T>(1.f, 0.f);
       *reinterpret_cast<uint4*>(sQ + row * ST + ch * 8) = z;
     }
   }
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
     }
   }
   const int64_t w_step = int64_t(g.dil) * BN * g.D;
-  constexpr uint32_t kStageBytes = BN * ST * sizeof(T), kVBytes = 2 * kStageBytes;
+  constexpr uint32_t kStageBytes = BN * ST * sizeof(T), kVBytes = STG * kStageBytes;
   auto load_tile = [&](int kt, int stage) {
     T* dk = sK + stage * BN * ST;
     T* dv = sV + stage * BN * ST;
@@ -180,23 +180,37 @@ __global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
     for (int n = 0; n < DP / 8; ++n) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.f;
   RawOnlineSoftmax<!ONES> sm[MT];
 
+  // STG = 3: two tiles in flight and one barrier per tile (the stage a load
+  // refills was last read one iteration earlier, before this barrier).
+  if (STG == 3) {
+    if (ntot > 1) load_tile(1, 1);
+    mma::cp_async_commit();
+  }
+  int stage = 0;
   for (int kt = 0; kt < ntot; ++kt) {
-    if (kt + 1 < ntot) {
-      load_tile(kt + 1, (kt + 1) & 1);
+    if (STG == 3) {
+      mma::cp_async_wait<1>();  // tile kt has landed (groups are committed every iteration, some empty)
+      __syncthreads();
+      if (kt + 2 < ntot) load_tile(kt + 2, stage == 0 ? 2 : stage - 1);
       mma::cp_async_commit();
-      mma::cp_async_wait<1>();
     } else {
-      mma::cp_async_wait<0>();
+      if (kt + 1 < ntot) {
+        load_tile(kt + 1, stage ^ 1);
+        mma::cp_async_commit();
+        mma::cp_async_wait<1>();
+      } else {
+        mma::cp_async_wait<0>();
+      }
+      __syncthreads();
     }
-    __syncthreads();
     if (kt == 0) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int kk = 0; kk < DP / 16; ++kk) mma::ld_a<DP>(qf[mt][kk], sQ, (warp * MT + mt) * 16, kk * 16, lane);
     }
-    const T* cK = sK + (kt & 1) * BN * ST;
-    const T* cV = sV + (kt & 1) * BN * ST;
+    const T* cK = sK + stage * BN * ST;
+    const T* cV = sV + stage * BN * ST;
 
     // The 16-key groups [g_lo, g_hi] of this tile that some row of the warp
     // sees (window tiles: the band's edge tiles are half outside it for each
@@ -311,7 +325,8 @@ __global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
       tile(std::false_type{});
     else if (g_lo <= g_hi)
       tile(std::true_type{});
-    __syncthreads();  // every warp is done with this stage before it is refilled
+    if (STG == 2) __syncthreads();  // every warp is done with this stage before it is refilled
+    stage = stage + 1 == STG ? 0 : stage + 1;
   }
 
 #pragma unroll
@@ -342,7 +357,7 @@ __global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
   }
 }
 
-template <typename T, int DP, int MT, bool ONES = false>
+template <typename T, int DP, int MT, bool ONES = false, int STG = 2>
 void launch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
                 const BandGeo& g) {
   constexpr int NW = 4, BM = 64 * MT, BN = 64;
@@ -350,8 +365,8 @@ void launch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, a
   const int tblocks = (g.Nr0 + BM - 1) / BM;
   const int64_t blocks = g.BH * tblocks * int64_t(g.dil);
   FR_CHECK(blocks <= std::numeric_limits<int>::max(), "sparse_attn_fwd (CUDA): too many blocks (", blocks, ")");
-  const size_t smem = size_t(BM + 4 * BN) * ST * sizeof(T);
-  auto kernel = fwd_mma_kernel<T, DP, BM, BN, NW, MT, ONES>;
+  const size_t smem = size_t(BM + 2 * STG * BN) * ST * sizeof(T);
+  auto kernel = fwd_mma_kernel<T, DP, BM, BN, NW, MT, ONES, STG>;
   static const bool attr_set = [&] {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     return true;
@@ -364,26 +379,26 @@ void launch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, a
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Query rows per warp at the small head dims: FASTRADER_FWD_MT = 1 or 2
-// (16 or 32 rows; read per call, for A/B runs in one process).
-int small_mt() {
-  const char* e = std::getenv("FASTRADER_FWD_MT");
-  return e != nullptr && std::strcmp(e, "2") == 0 ? 2 : 1;
+// Key/value stages at the small head dims: FASTRADER_FWD_STAGES = 2 or 3
+// (read per call, for A/B runs in one process).
+int small_stages() {
+  const char* e = std::getenv("FASTRADER_FWD_STAGES");
+  return e != nullptr && std::strcmp(e, "3") == 0 ? 3 : 2;
 }
 
 template <typename T>
 void dispatch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
                   const BandGeo& g) {
   // D = 8 and D = 24 leave one padding column of 8 for the row sums (ONES).
-  const bool mt2 = g.D <= 32 && small_mt() == 2;
+  const bool s3 = g.D <= 32 && small_stages() == 3;
   if (g.D == 8) {
-    mt2 ? launch_fwd<T, 16, 2, true>(q, k, v, out, lse, g) : launch_fwd<T, 16, 1, true>(q, k, v, out, lse, g);
+    s3 ? launch_fwd<T, 16, 1, true, 3>(q, k, v, out, lse, g) : launch_fwd<T, 16, 1, true>(q, k, v, out, lse, g);
   } else if (g.D <= 16) {
-    mt2 ? launch_fwd<T, 16, 2>(q, k, v, out, lse, g) : launch_fwd<T, 16, 1>(q, k, v, out, lse, g);
+    s3 ? launch_fwd<T, 16, 1, false, 3>(q, k, v, out, lse, g) : launch_fwd<T, 16, 1>(q, k, v, out, lse, g);
   } else if (g.D == 24) {
     launch_fwd<T, 32, 1, true>(q, k, v, out, lse, g);
   } else if (g.D <= 32) {
-    mt2 ? launch_fwd<T, 32, 2>(q, k, v, out, lse, g) : launch_fwd<T, 32, 1>(q, k, v, out, lse, g);
+    s3 ? launch_fwd<T, 32, 1, false, 3>(q, k, v, out, lse, g) : launch_fwd<T, 32, 1>(q, k, v, out, lse, g);
   } else if (g.D <= 64) {
     // Two 16-row groups per warp (BM = 128) share every K/V fragment read:
     // 6% faster at W = 1024, 8% slower at W = 256 (fewer CTAs per SM at 251
