@@ -117,7 +117,7 @@ if want attnsmall; then
   step attnsmall 150 $PY benchmarks/attention_cuda.py --small --no-flex --no-decode --json "$OUT/attention_small.json"
 fi
 if want attn; then
-  step attn 330 $PY benchmarks/attention_cuda.py --json "$OUT/attention_cuda.json"
+  step attn 330 $PY benchmarks/attention_cuda.py ${ATTN_ARGS:-} --json "$OUT/attention_cuda.json"
 fi
 if want train; then
   step train 330 $PY benchmarks/train_cuda.py ${TRAIN_ARGS:-} --attention --json "$OUT/train_cuda.json"

@@ -42,7 +42,7 @@ namespace cuda {
 namespace {
 
 #ifndef FR_FWD_MINB
-#define FR_FWD_MINB (DP == 16 && ONES && MT == 1 ? 6 : 0)
+#define FR_FWD_MINB (DP == 16 && ONES && MT == 1 ? 6 : DP == 64 && MT == 1 ? 4 : 0)
 #endif
 
 // ONES (D == DP - 8, e.g. D = 8): V's first padding column holds 1.0, so
