@@ -12,8 +12,6 @@
 #   ncu        Nsight Compute on the small-head-dim forward (D=8 and D=32)
 #   fa4        join /tmp/fa4parts with .carry/fa4b/* and unpack flash-attn-4 and its CuTe DSL
 #              into /tmp/fa4site (PYTHONPATH), then the flash backend test again (FA4 path)
-#   fwdab      the small-head-dim forward with three stages (FASTRADER_FWD_STAGES=3): its
-#              parity tests, then benchmarks/fwd_small_ab_cuda.py (2 against 3 stages, one process)
 #   attnsmall  benchmarks/attention_cuda.py --small (head dims 8-32 and the default model; FA2-local, FA4 if imported)
 #   attn       benchmarks/attention_cuda.py, every case, with FA4 when it imports
 #   train      benchmarks/train_cuda.py (eager, graph, compile, compile-ro, compile-graph;
@@ -109,10 +107,6 @@ if want fa4; then
     summary+=("fa4               skipped: /tmp/fa4parts is gone (a fresh machine): FA4 not installed")
   fi
 fi
-if want fwdab; then
-  step pytest_st3 150 env FASTRADER_FWD_STAGES=3 $PYT -x tests/test_attention_cuda.py -k "parity or fuzz"
-  step fwdab 150 $PY benchmarks/fwd_small_ab_cuda.py --json "$OUT/fwd_small_ab.json"
-fi
 if want attnsmall; then
   step attnsmall 150 $PY benchmarks/attention_cuda.py --small --no-flex --no-decode --json "$OUT/attention_small.json"
 fi
@@ -126,10 +120,9 @@ if want trainloop; then
   step trainloop 200 $PY benchmarks/train_loop_cuda.py --json "$OUT/train_loop_cuda.json"
 fi
 echo "---- tails"
-for f in pytest_attn pytest_attn_mma pytest_st3 pytest_step pytest_flash pytest_flash_fa4 memcheck racecheck memcheck_step racecheck_step fa4_import; do
+for f in pytest_attn pytest_attn_mma pytest_step pytest_flash pytest_flash_fa4 memcheck racecheck memcheck_step racecheck_step fa4_import; do
   [ -f "$OUT/logs/$f.log" ] && echo "== $f" && grep -E "passed|failed|FAILED|SKIPPED|Error|ERROR SUMMARY|RACECHECK SUMMARY|imports|ok" "$OUT/logs/$f.log" | tail -8
 done
-[ -f "$OUT/logs/fwdab.log" ] && echo "== fwdab" && sed -n '/^case /,$p' "$OUT/logs/fwdab.log"
 [ -f "$OUT/logs/attnsmall.log" ] && echo "== attnsmall" && sed -n '/^case /,$p' "$OUT/logs/attnsmall.log"
 [ -f "$OUT/logs/attn.log" ] && echo "== attn" && sed -n '/^case /,$p' "$OUT/logs/attn.log"
 [ -f "$OUT/logs/trainloop.log" ] && echo "== trainloop" && cat "$OUT/logs/trainloop.log"

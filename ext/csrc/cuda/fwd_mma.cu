@@ -8,11 +8,9 @@
 // the window tiles from the diagonal back to the oldest key the block needs,
 // then the sink tiles. Only the first (diagonal) and last window tiles and
 // the sink tiles apply a mask; the ones inside the band skip it.
-// Scores are kept in base 2: the row maximum is taken on the raw scores and
-// exp2(s * scale * log2(e) - m) is one FMA and one ex2.approx per score. P
-// goes from the score accumulators into the A fragments of P V without
-// shared memory. Each warp computes only the 16-key groups of a tile that one
-// of its rows sees, and masks only those some row sees in part.
+// Scores are kept in base 2 (scale * log2(e) applied to the fp32
+// accumulator, exp2 = ex2.approx); P goes from the score accumulators into the
+// A fragments of P V without shared memory.
 //
 // Head dims are padded to DP in {16, 32, 64, 128} inside shared memory only
 // (zero columns), global rows keep D (a multiple of 8; the host pads others).
@@ -29,7 +27,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 
 #include "check.h"
 #include "cuda/mask.cuh"
@@ -41,29 +38,17 @@ namespace fastrader {
 namespace cuda {
 namespace {
 
-#ifndef FR_FWD_MINB
-#define FR_FWD_MINB (DP == 16 && ONES && MT == 1 ? 6 : DP == 64 && MT == 1 ? 4 : 0)
-#endif
-
-// ONES (D == DP - 8, e.g. D = 8): V's first padding column holds 1.0, so
-// the P V product also accumulates each row's sum of P (as the bf16/fp16 P
-// it multiplies) in accumulator column D, and the softmax skips its per-score
-// row-sum adds. K8 (DP = 16 with D = 8): Q K^T by m16n8k8, the half of the
-// k = 16 product that is not padding.
-template <typename T, int DP, int BM, int BN, int NW, int MT, bool ONES, int STG>
-__global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
+template <typename T, int DP, int BM, int BN, int NW, int MT>
+__global__ void __launch_bounds__(NW * 32)
     fwd_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
                    float* __restrict__ lse, BandGeo g, int tblocks) {
   static_assert(BM == NW * 16 * MT, "each warp owns MT groups of 16 query rows");
-  static_assert(BN % 16 == 0, "key tiles are whole 16-key groups");
-  constexpr bool K8 = ONES && DP == 16;
   constexpr int NT = NW * 32;
   constexpr int ST = mma::Tile<DP>::kStride;
-  constexpr int NG = BN / 16;  // 16-key groups per key tile
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + BM * ST;      // two stages
-  T* sV = sK + STG * BN * ST;  // STG stages
+  T* sV = sK + 2 * BN * ST;  // two stages
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t per_head = int64_t(tblocks) * g.dil;
@@ -85,259 +70,112 @@ __global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
   }
   const int ntot = nwt + nst;
 
-  // The padding columns (past D) are written once, for both stages: zeros in
-  // Q and K, and in V zeros but for the ones column. The loads below copy
-  // only the D data columns of each row (zeros for rows out of range).
-  const int dc = g.D / 8;
-  if (dc < DP / 8) {
-    constexpr int CH = DP / 8;
-    for (int idx = threadIdx.x; idx < (BM + 2 * STG * BN) * CH; idx += NT) {
-      const int row = idx / CH, ch = idx % CH;
-      if (ch < dc) continue;
-      uint4 z = make_uint4(0u, 0u, 0u, 0u);
-      // the ones column: element 0 of padding chunk dc of a V row (rows BM + STG BN onwards)
-      if (ONES && ch == dc && row >= BM + STG * BN) z.x = mma::pack2<T>(1.f, 0.f);
-      *reinterpret_cast<uint4*>(sQ + row * ST + ch * 8) = z;
-    }
-  }
-
-  auto load_data = [&](T* dst, const T* __restrict__ src, int64_t base, int64_t step, int start, int lo, int hi,
-                       auto rows) {
-    constexpr int R = decltype(rows)::value, CH = DP / 8;
-#pragma unroll
-    for (int it = 0; it < (R * CH + NT - 1) / NT; ++it) {
-      const int idx = it * NT + threadIdx.x;
-      if ((R * CH) % NT != 0 && idx >= R * CH) break;
-      const int row = idx / CH, ch = idx % CH;
-      if (ch >= dc) continue;
-      const int t = start + row;
-      const bool ok = t >= lo && t < hi;
-      const T* p = ok ? src + (base + step * t) * g.D + ch * 8 : src;
-      mma::cp_async16(mma::smem_addr(dst + row * ST + ch * 8), p, ok);
-    }
-  };
-  using RowsBN = std::integral_constant<int, BN>;
-  // Window tiles step down the residue class by BN rows each: with at most
-  // two 16-byte chunks per thread (DP <= 32) each thread keeps its chunks'
-  // element offsets and key positions and moves them by one tile per load.
-  constexpr int CHK = DP / 8, ITS = (BN * CHK + NT - 1) / NT;
-  constexpr bool STEP = ITS <= 2 && (BN * CHK) % NT == 0;
-  int64_t w_off[STEP ? ITS : 1];
-  int w_t[STEP ? ITS : 1];
-  uint32_t w_dst[STEP ? ITS : 1];
-  if constexpr (STEP) {
-#pragma unroll
-    for (int it = 0; it < ITS; ++it) {
-      const int idx = it * NT + threadIdx.x, row = idx / CHK, ch = idx % CHK;
-      w_t[it] = ch < dc ? band.start(0) + row : -(1 << 30);  // padding chunks never load
-      w_off[it] = (hrow + r + int64_t(g.dil) * w_t[it]) * g.D + ch * 8;
-      w_dst[it] = mma::smem_addr(sK + row * ST + ch * 8);
-    }
-  }
-  const int64_t w_step = int64_t(g.dil) * BN * g.D;
-  constexpr uint32_t kStageBytes = BN * ST * sizeof(T), kVBytes = STG * kStageBytes;
   auto load_tile = [&](int kt, int stage) {
     T* dk = sK + stage * BN * ST;
     T* dv = sV + stage * BN * ST;
     if (kt < nwt) {
-      if constexpr (STEP) {
-        // tile kt: positions band.start(kt) + row, one tile below the last load
-#pragma unroll
-        for (int it = 0; it < ITS; ++it) {
-          const int t = w_t[it] - kt * BN;
-          if (t < -BN) continue;  // a padding chunk
-          const bool ok = t >= 0 && t < Nr;
-          const int64_t off = ok ? w_off[it] - kt * w_step : 0;
-          const uint32_t d = w_dst[it] + stage * kStageBytes;
-          mma::cp_async16(d, k + off, ok);
-          mma::cp_async16(d + kVBytes, v + off, ok);
-        }
-      } else {
-        const int a = band.start(kt);
-        load_data(dk, k, hrow + r, g.dil, a, 0, Nr, RowsBN{});
-        load_data(dv, v, hrow + r, g.dil, a, 0, Nr, RowsBN{});
-      }
+      const int a = band.start(kt);
+      mma::load_rows<BN, DP, NT>(dk, k, g.D, hrow + r, g.dil, a, 0, Nr);
+      mma::load_rows<BN, DP, NT>(dv, v, g.D, hrow + r, g.dil, a, 0, Nr);
     } else {
       const int j0 = (kt - nwt) * BN;
-      load_data(dk, k, hrow, 1, j0, 0, g.S, RowsBN{});
-      load_data(dv, v, hrow, 1, j0, 0, g.S, RowsBN{});
+      mma::load_rows<BN, DP, NT>(dk, k, g.D, hrow, 1, j0, 0, g.S);
+      mma::load_rows<BN, DP, NT>(dv, v, g.D, hrow, 1, j0, 0, g.S);
     }
   };
 
-  load_data(sQ, q, hrow + r, g.dil, t0, 0, Nr, std::integral_constant<int, BM>{});
+  mma::load_rows<BM, DP, NT>(sQ, q, g.D, hrow + r, g.dil, t0, 0, Nr);
   load_tile(0, 0);
   mma::cp_async_commit();
 
   const int gq = lane >> 2, cq = lane & 3;
-  // the warp's rows: tw .. tw + 16 MT - 1; the thread's: row0[mt] and row0[mt] + 8
-  const int tw = t0 + warp * 16 * MT;
-  const int wrow = tw + gq;
+  // the thread's rows: row0[mt] and row0[mt] + 8
+  const int wrow = t0 + warp * 16 * MT + gq;
   uint32_t qf[MT][DP / 16][4];
   float acc[MT][DP / 8][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int n = 0; n < DP / 8; ++n) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.f;
-  RawOnlineSoftmax<!ONES> sm[MT];
+  OnlineSoftmax sm[MT];
 
-  // STG = 3: two tiles in flight and one barrier per tile (the stage a load
-  // refills was last read one iteration earlier, before this barrier).
-  if (STG == 3) {
-    if (ntot > 1) load_tile(1, 1);
-    mma::cp_async_commit();
-  }
-  int stage = 0;
   for (int kt = 0; kt < ntot; ++kt) {
-    if (STG == 3) {
-      mma::cp_async_wait<1>();  // tile kt has landed (groups are committed every iteration, some empty)
-      __syncthreads();
-      if (kt + 2 < ntot) load_tile(kt + 2, stage == 0 ? 2 : stage - 1);
+    if (kt + 1 < ntot) {
+      load_tile(kt + 1, (kt + 1) & 1);
       mma::cp_async_commit();
+      mma::cp_async_wait<1>();
     } else {
-      if (kt + 1 < ntot) {
-        load_tile(kt + 1, stage ^ 1);
-        mma::cp_async_commit();
-        mma::cp_async_wait<1>();
-      } else {
-        mma::cp_async_wait<0>();
-      }
-      __syncthreads();
+      mma::cp_async_wait<0>();
     }
+    __syncthreads();
     if (kt == 0) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int kk = 0; kk < DP / 16; ++kk) mma::ld_a<DP>(qf[mt][kk], sQ, (warp * MT + mt) * 16, kk * 16, lane);
     }
-    const T* cK = sK + stage * BN * ST;
-    const T* cV = sV + stage * BN * ST;
+    const T* cK = sK + (kt & 1) * BN * ST;
+    const T* cV = sV + (kt & 1) * BN * ST;
 
-    // The 16-key groups [g_lo, g_hi] of this tile that some row of the warp
-    // sees (window tiles: the band's edge tiles are half outside it for each
-    // warp), and the columns [m_lo, m_hi] that every row of the warp sees:
-    // groups inside it need no mask.
-    int g_lo = 0, g_hi = NG - 1, m_lo = 0, m_hi = BN - 1, a = 0;
-    const bool win = kt < nwt;
-    if (win) {
-      a = band.start(kt);
-      const int lo = max(-a, tw - g.W + 1 - a), hi = min(BN - 1, tw + 16 * MT - 1 - a);
-      g_lo = max(lo, 0) >> 4;
-      g_hi = hi >> 4;  // < g_lo when the warp sees nothing of the tile
-      m_lo = max(-a, tw + 16 * MT - g.W - a);
-      m_hi = tw - a;
-    } else {
-      m_lo = BN;  // sink tiles: every group is masked
+    float s[MT][BN / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk) {
+#pragma unroll
+      for (int nn = 0; nn < BN / 16; ++nn) {
+        uint32_t b[4];
+        mma::ld_b_nk<DP>(b, cK, nn * 16, kk * 16, lane);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma::mma16816<T>(s[mt][2 * nn], qf[mt][kk], b[0], b[1]);
+          mma::mma16816<T>(s[mt][2 * nn + 1], qf[mt][kk], b[2], b[3]);
+        }
+      }
     }
-    // Interior tiles (every row of the warp sees every key) run without a
-    // single branch or mask; edge tiles check each group.
-    auto tile = [&](auto edge) {
-      constexpr bool E = decltype(edge)::value;
-      auto on = [&](int j) { return !E || (j >= g_lo && j <= g_hi); };
 
-      float s[MT][BN / 8][4];
+    const bool full = kt < nwt && band.full(kt, g.W);
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
-      if constexpr (K8) {
-#pragma unroll
-        for (int j = 0; j < NG; j += 2) {
-          if (!on(j) && !on(j + 1)) continue;
-          uint32_t b[4];  // key rows 16j .. 16j + 31, columns 0..7: one n-tile each
-          mma::ldsm_x4(b, mma::smem_addr(cK + (16 * j + (lane & 7) + (lane >> 3) * 8) * ST));
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int x = 0; x < 4; ++x) mma::mma1688<T>(s[mt][2 * j + x], qf[mt][0], b[x]);
-        }
+    for (int mt = 0; mt < MT; ++mt) {
+      const int row0 = wrow + mt * 16;
+      if (full) {
+        scale_scores(s[mt], g.sl2);
+      } else if (kt < nwt) {
+        const int a = band.start(kt) + 2 * cq;
+        mask_scores(s[mt], g.sl2, [&](int h, int col) { return window_ok(row0 + 8 * h, a + col, g.W); });
       } else {
-#pragma unroll
-        for (int kk = 0; kk < DP / 16; ++kk) {
-#pragma unroll
-          for (int j = 0; j < NG; ++j) {
-            if (!on(j)) continue;
-            uint32_t b[4];
-            mma::ld_b_nk<DP>(b, cK, j * 16, kk * 16, lane);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-              mma::mma16816<T>(s[mt][2 * j], qf[mt][kk], b[0], b[1]);
-              mma::mma16816<T>(s[mt][2 * j + 1], qf[mt][kk], b[2], b[3]);
-            }
-          }
-        }
+        const int j0 = (kt - nwt) * BN + 2 * cq;
+        const int i0 = r + g.dil * row0;
+        mask_scores(s[mt], g.sl2,
+                    [&](int h, int col) { return sink_ok(i0 + 8 * h * g.dil, j0 + col, g.S, g.W, g.dil); });
       }
+      sm[mt].update(s[mt], acc[mt]);
+    }
 
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int row0 = wrow + mt * 16;
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[MT][4];
 #pragma unroll
-        for (int j = 0; j < NG; ++j) {
-          if (!E || !on(j) || (16 * j >= m_lo && 16 * j + 15 <= m_hi)) continue;
-          if (win) {
-            // row t sees columns c with max(-a, t - W + 1 - a) <= c <= t - a
+      for (int mt = 0; mt < MT; ++mt) mma::c_to_a<T>(a[mt], s[mt], kk);
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int t = row0 + 8 * h;
-              const int lo = max(-a, t - g.W + 1 - a) - 2 * cq - 16 * j, hi = t - a - 2 * cq - 16 * j;
+      for (int nd = 0; nd < DP / 16; ++nd) {
+        uint32_t b[4];
+        mma::ld_b_kn<DP>(b, cV, kk * 16, nd * 16, lane);
 #pragma unroll
-              for (int x = 0; x < 2; ++x)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                  const int c = 8 * x + e;
-                  if (c < lo || c > hi) s[mt][2 * j + x][2 * h + e] = -INFINITY;
-                }
-            }
-          } else {
-            const int j0 = (kt - nwt) * BN + 16 * j + 2 * cq;
-            const int i0 = r + g.dil * row0;
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-              for (int x = 0; x < 2; ++x)
-#pragma unroll
-                for (int e = 0; e < 2; ++e)
-                  if (!sink_ok(i0 + 8 * h * g.dil, j0 + 8 * x + e, g.S, g.W, g.dil))
-                    s[mt][2 * j + x][2 * h + e] = -INFINITY;
-          }
-        }
-        sm[mt].update(s[mt], acc[mt], g.sl2, on);
-      }
-
-#pragma unroll
-      for (int kk = 0; kk < NG; ++kk) {
-        if (!on(kk)) continue;
-        uint32_t pa[MT][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) mma::c_to_a<T>(pa[mt], s[mt], kk);
-#pragma unroll
-        for (int nd = 0; nd < DP / 16; ++nd) {
-          uint32_t b[4];
-          mma::ld_b_kn<DP>(b, cV, kk * 16, nd * 16, lane);
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            mma::mma16816<T>(acc[mt][2 * nd], pa[mt], b[0], b[1]);
-            mma::mma16816<T>(acc[mt][2 * nd + 1], pa[mt], b[2], b[3]);
-          }
+        for (int mt = 0; mt < MT; ++mt) {
+          mma::mma16816<T>(acc[mt][2 * nd], a[mt], b[0], b[1]);
+          mma::mma16816<T>(acc[mt][2 * nd + 1], a[mt], b[2], b[3]);
         }
       }
-    };
-    if (win && g_lo == 0 && g_hi == NG - 1 && m_lo <= 0 && m_hi >= BN - 1)
-      tile(std::false_type{});
-    else if (g_lo <= g_hi)
-      tile(std::true_type{});
-    if (STG == 2) __syncthreads();  // every warp is done with this stage before it is refilled
-    stage = stage + 1 == STG ? 0 : stage + 1;
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
   }
 
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-    if constexpr (ONES) {
-      // row sums from accumulator column D (= DP - 8), held by the quad's thread 0
-#pragma unroll
-      for (int h = 0; h < 2; ++h) sm[mt].l[h] = __shfl_sync(0xffffffffu, acc[mt][DP / 8 - 1][2 * h], lane & ~3);
-    } else {
-      sm[mt].finish();
-    }
+    sm[mt].finish();
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int t = wrow + mt * 16 + 8 * h;
@@ -357,7 +195,7 @@ __global__ void __launch_bounds__(NW * 32, FR_FWD_MINB)
   }
 }
 
-template <typename T, int DP, int MT, bool ONES = false, int STG = 2>
+template <typename T, int DP, int MT>
 void launch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
                 const BandGeo& g) {
   constexpr int NW = 4, BM = 64 * MT, BN = 64;
@@ -365,8 +203,8 @@ void launch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, a
   const int tblocks = (g.Nr0 + BM - 1) / BM;
   const int64_t blocks = g.BH * tblocks * int64_t(g.dil);
   FR_CHECK(blocks <= std::numeric_limits<int>::max(), "sparse_attn_fwd (CUDA): too many blocks (", blocks, ")");
-  const size_t smem = size_t(BM + 2 * STG * BN) * ST * sizeof(T);
-  auto kernel = fwd_mma_kernel<T, DP, BM, BN, NW, MT, ONES, STG>;
+  const size_t smem = size_t(BM + 4 * BN) * ST * sizeof(T);
+  auto kernel = fwd_mma_kernel<T, DP, BM, BN, NW, MT>;
   static const bool attr_set = [&] {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     return true;
@@ -379,26 +217,13 @@ void launch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, a
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Key/value stages at the small head dims: FASTRADER_FWD_STAGES = 2 or 3
-// (read per call, for A/B runs in one process).
-int small_stages() {
-  const char* e = std::getenv("FASTRADER_FWD_STAGES");
-  return e != nullptr && std::strcmp(e, "3") == 0 ? 3 : 2;
-}
-
 template <typename T>
 void dispatch_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
                   const BandGeo& g) {
-  // D = 8 and D = 24 leave one padding column of 8 for the row sums (ONES).
-  const bool s3 = g.D <= 32 && small_stages() == 3;
-  if (g.D == 8) {
-    s3 ? launch_fwd<T, 16, 1, true, 3>(q, k, v, out, lse, g) : launch_fwd<T, 16, 1, true>(q, k, v, out, lse, g);
-  } else if (g.D <= 16) {
-    s3 ? launch_fwd<T, 16, 1, false, 3>(q, k, v, out, lse, g) : launch_fwd<T, 16, 1>(q, k, v, out, lse, g);
-  } else if (g.D == 24) {
-    launch_fwd<T, 32, 1, true>(q, k, v, out, lse, g);
+  if (g.D <= 16) {
+    launch_fwd<T, 16, 1>(q, k, v, out, lse, g);
   } else if (g.D <= 32) {
-    s3 ? launch_fwd<T, 32, 1, false, 3>(q, k, v, out, lse, g) : launch_fwd<T, 32, 1>(q, k, v, out, lse, g);
+    launch_fwd<T, 32, 1>(q, k, v, out, lse, g);
   } else if (g.D <= 64) {
     // Two 16-row groups per warp (BM = 128) share every K/V fragment read:
     // 6% faster at W = 1024, 8% slower at W = 256 (fewer CTAs per SM at 251
@@ -453,19 +278,7 @@ at::Tensor mma_operand(const at::Tensor& t, int64_t dpad) {
 void mma_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
              int64_t window, int64_t dilation, int64_t sinks, double scale) {
   const int64_t D = q.size(3), dpad = (D + 7) / 8 * 8;
-  at::Tensor qp = mma_operand(q, dpad);
-  const at::Tensor kp = mma_operand(k, dpad), vp = mma_operand(v, dpad);
-  // The kernel takes each tile's row maximum on the unscaled scores and folds
-  // the scale into the exponent's FMA, which needs scale > 0. Other scales
-  // become one exactly: scale < 0 is -q with -scale (negating a 16-bit
-  // float is exact), scale = 0 makes every score 0, as q = 0 does.
-  if (scale < 0) {
-    qp = qp.neg();
-    scale = -scale;
-  } else if (scale == 0) {
-    qp = at::zeros_like(qp);
-    scale = 1.0;
-  }
+  const at::Tensor qp = mma_operand(q, dpad), kp = mma_operand(k, dpad), vp = mma_operand(v, dpad);
   const bool direct = dpad == D && out.is_contiguous() && reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0;
   at::Tensor op = direct ? out : at::empty(qp.sizes(), qp.options());
   BandGeo g = make_band_geo(qp, window, dilation, sinks, scale);

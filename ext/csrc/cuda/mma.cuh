@@ -65,25 +65,6 @@ __device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// c += a * b with k = 8: a = {a0, a1} of the m16n8k16 A fragment (its first
-// 8 columns), b = its b0.
-template <typename T>
-__device__ __forceinline__ void mma1688(float (&c)[4], const uint32_t (&a)[4], uint32_t b);
-
-template <>
-__device__ __forceinline__ void mma1688<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b) {
-  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(b));
-}
-
-template <>
-__device__ __forceinline__ void mma1688<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b) {
-  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(b));
-}
-
 // Four 8x8 b16 matrices; lane l gives the address of row l%8 of matrix l/8.
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
