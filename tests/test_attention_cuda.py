@@ -229,8 +229,8 @@ def test_parity_float64(dtype, window, dilation, sinks, d):
 @pytest.mark.parametrize("scale", [-0.3, 0.0, 2.5])
 @pytest.mark.parametrize("d,window,sinks", [(8, 40, 0), (16, 70, 3), (24, 33, 0), (32, 129, 0), (64, 65, 2)])
 def test_parity_any_scale(dtype, scale, d, window, sinks):
-    """The forward takes row maxima on unscaled scores (scale folded into the exponent's FMA): a
-    negative or zero scale goes through the host's exact rewrite, a large one through the kernel."""
+    """Scales other than 1/sqrt(D): negative (row maxima of the scaled scores are minima of the raw
+    ones), zero (every score 0, masked keys still excluded) and large (sharp softmax)."""
     run_case(2, 2, 301, d, window, 1, sinks, dtype, seed=int(abs(scale) * 10) + d, scale=scale)
 
 
